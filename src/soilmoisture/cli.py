@@ -1,0 +1,77 @@
+"""The thin ``soilmoisture`` command: one subcommand per stage, each calling :mod:`soilmoisture.stages`.
+
+Errors of the platform print one line (``error: <what, where>``) and exit with status 2;
+the full traceback only with ``--debug``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from soilmoisture.errors import SoilMoistureError
+
+STAGES: dict[str, str] = {
+    "simulate": "generate the simulated study area (raw files in the real formats + truth)",
+    "ingest": "read raw sources into the harmonised daily table (data/interim)",
+    "validate": "Great Expectations quality gate; publishes data/processed on success",
+    "describe": "exploratory figures of the processed table (thesis 3.2.6)",
+    "train": "leave-one-probe-out protocol tracked in MLflow; registers the final model",
+}
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", type=Path, help="parameter file (default: params.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter, e.g. --set protocol.repeats=2 (repeatable)")
+
+
+def build_parser(extra: dict[str, Callable[[argparse.ArgumentParser], None]] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="soilmoisture", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in STAGES.items():
+        _add_common(sub.add_parser(name, help=help_text))
+    for name, adder in (extra or {}).items():
+        p = sub.add_parser(name, help=adder.__doc__)
+        _add_common(p)
+        adder(p)
+    return parser
+
+
+def _extra_commands() -> dict[str, Callable[[argparse.ArgumentParser], None]]:
+    from soilmoisture import commands
+
+    return commands.COMMANDS
+
+
+def main(argv: list[str] | None = None) -> int:
+    extras = _extra_commands()
+    parser = build_parser({k: v[0] for k, v in extras.items()})
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        from soilmoisture import config
+
+        overrides = dict(config.parse_override(o) for o in args.overrides)
+        params = config.load(args.params, overrides)
+        if args.command in STAGES:
+            from soilmoisture import stages
+
+            getattr(stages, args.command)(params)
+        else:
+            extras[args.command][1](params, args)
+    except SoilMoistureError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,452 @@
+"""Parameters: ``params.yaml`` parsed once into small frozen dataclasses.
+
+An unknown key, a missing key or a bad value stops the run *before any work* with a
+:class:`~soilmoisture.errors.ConfigError` naming the dotted key and what is allowed
+(the way NeuralHydrology's config fails early). Nothing else in the package opens
+``params.yaml``: values arrive as arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from soilmoisture.errors import ConfigError
+
+REGIONS = ("denmark", "finland", "spain", "sweden")
+
+
+def _date(key: str, value: Any) -> dt.date:
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigError(key, f"{value!r} is not a date (use YYYY-MM-DD)") from None
+
+
+@dataclass(frozen=True)
+class Paths:
+    raw: Path
+    truth: Path
+    interim: Path
+    processed: Path
+    work: Path
+    reports: Path
+    maps: Path
+    landing: Path
+
+
+@dataclass(frozen=True)
+class Data:
+    source: Literal["simulated", "remedhus", "ismn"]
+    remedhus_csv: Path | None
+    ismn_archive: Path | None
+    start: str
+    end: str
+
+    def _check(self, key: str) -> None:
+        if _date(f"{key}.start", self.start) >= _date(f"{key}.end", self.end):
+            raise ConfigError(f"{key}.end", f"must be after start ({self.start})")
+        if self.source == "remedhus" and self.remedhus_csv is None:
+            raise ConfigError(f"{key}.remedhus_csv", "is required when data.source is 'remedhus'")
+        if self.source == "ismn" and self.ismn_archive is None:
+            raise ConfigError(f"{key}.ismn_archive", "is required when data.source is 'ismn'")
+
+    @property
+    def dates(self):  # noqa: ANN201 - pandas imported lazily
+        import pandas as pd
+
+        return pd.date_range(self.start, self.end, freq="D")
+
+
+@dataclass(frozen=True)
+class Simulate:
+    seed: int
+    size: Literal["default", "bench"]
+    start: str
+    end: str
+    probes_per_region: dict[str, int]
+    tile_px: dict[str, int]
+    pixel_m: float
+
+    def _check(self, key: str) -> None:
+        if _date(f"{key}.start", self.start) >= _date(f"{key}.end", self.end):
+            raise ConfigError(f"{key}.end", f"must be after start ({self.start})")
+        for region, n in self.probes_per_region.items():
+            if region not in REGIONS:
+                raise ConfigError(f"{key}.probes_per_region.{region}", f"unknown region; allowed: {', '.join(REGIONS)}")
+            if not isinstance(n, int) or n < 0 or n > 500:
+                raise ConfigError(f"{key}.probes_per_region.{region}", f"must be an integer in [0, 500], got {n!r}")
+        if sum(self.probes_per_region.values()) < 2:
+            raise ConfigError(f"{key}.probes_per_region", "at least 2 probes in total are needed")
+        for size in ("default", "bench"):
+            px = self.tile_px.get(size)
+            if not isinstance(px, int) or not 8 <= px <= 5000:
+                raise ConfigError(f"{key}.tile_px.{size}", f"must be an integer in [8, 5000], got {px!r}")
+        if not 1.0 <= self.pixel_m <= 1000.0:
+            raise ConfigError(f"{key}.pixel_m", f"must be in [1, 1000] metres, got {self.pixel_m}")
+
+    @property
+    def tile(self) -> int:
+        return self.tile_px[self.size]
+
+
+@dataclass(frozen=True)
+class Ingest:
+    ssm_max_depth_m: float
+    ismn_quality_flags: list[str]
+    sigma0_zscore: float
+    sigma0_max: float
+    s2_mask_probability: float
+    vi_max_gap_days: int
+    dry_day_mm: float
+    sigma0_units: Literal["linear", "db"]
+
+    def _check(self, key: str) -> None:
+        _range(f"{key}.ssm_max_depth_m", self.ssm_max_depth_m, 0.0, 1.0, low_open=True)
+        _range(f"{key}.sigma0_zscore", self.sigma0_zscore, 0.0, 10.0, low_open=True)
+        _range(f"{key}.sigma0_max", self.sigma0_max, 0.0, 10.0, low_open=True)
+        _range(f"{key}.s2_mask_probability", self.s2_mask_probability, 0.0, 100.0)
+        _range(f"{key}.vi_max_gap_days", self.vi_max_gap_days, 0, 365)
+        _range(f"{key}.dry_day_mm", self.dry_day_mm, 0.0, 100.0)
+        if not self.ismn_quality_flags:
+            raise ConfigError(f"{key}.ismn_quality_flags", "must list at least one flag, e.g. ['G']")
+
+
+@dataclass(frozen=True)
+class Quality:
+    ssm_flag_threshold: float
+    ssm_flag_mostly: float
+    drop_flagged_ssm: bool
+    ecv_sm_max: float
+
+    def _check(self, key: str) -> None:
+        _range(f"{key}.ssm_flag_threshold", self.ssm_flag_threshold, 0.0, 1.0, low_open=True)
+        _range(f"{key}.ssm_flag_mostly", self.ssm_flag_mostly, 0.0, 1.0)
+        _range(f"{key}.ecv_sm_max", self.ecv_sm_max, 0.0, 1.0, low_open=True)
+
+
+@dataclass(frozen=True)
+class Model:
+    cell: Literal["lstm", "gru", "simplernn", "conv1d"]
+    layers: int
+    units: int
+    dropout: float
+    recurrent_l2: float
+    loss: Literal["mae"]
+    adam_beta_1: float
+    adam_beta_2: float
+    adam_epsilon: float
+    clr_base_lr: float
+    clr_max_lr: float
+    clr_step_size: int
+    epochs: int
+    batch_size: int
+    target_fill: Literal["mask", "zero"]
+
+    def _check(self, key: str) -> None:
+        _range(f"{key}.layers", self.layers, 1, 5)
+        _range(f"{key}.units", self.units, 1, 512)
+        _range(f"{key}.dropout", self.dropout, 0.0, 0.9)
+        _range(f"{key}.recurrent_l2", self.recurrent_l2, 0.0, 1.0)
+        _range(f"{key}.adam_beta_1", self.adam_beta_1, 0.0, 1.0, high_open=True)
+        _range(f"{key}.adam_beta_2", self.adam_beta_2, 0.0, 1.0, high_open=True)
+        _range(f"{key}.adam_epsilon", self.adam_epsilon, 0.0, 1.0, low_open=True)
+        _range(f"{key}.clr_base_lr", self.clr_base_lr, 0.0, 1.0, low_open=True)
+        _range(f"{key}.clr_max_lr", self.clr_max_lr, self.clr_base_lr, 1.0)
+        _range(f"{key}.clr_step_size", self.clr_step_size, 1, 10**7)
+        _range(f"{key}.epochs", self.epochs, 1, 10_000)
+        _range(f"{key}.batch_size", self.batch_size, 1, 10_000)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    features: list[str]
+    landcover: list[int] | None
+
+    def _check(self, key: str) -> None:
+        from soilmoisture.schema import FEATURES
+
+        if not self.features:
+            raise ConfigError(f"{key}.features", "must list at least one feature")
+        for name in self.features:
+            if name not in FEATURES:
+                raise ConfigError(f"{key}.features", f"unknown feature {name!r}; allowed: {', '.join(FEATURES)}")
+        if len(set(self.features)) != len(self.features):
+            raise ConfigError(f"{key}.features", "lists a feature twice")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+
+
+@dataclass(frozen=True)
+class Protocol:
+    mode: Literal["unseen_site", "known_site"]
+    repeats: int
+    val_fraction: float
+    seed: int
+    engine: Literal["jax", "keras"]
+    split_date: str
+    max_probes: int | None
+
+    def _check(self, key: str) -> None:
+        _range(f"{key}.repeats", self.repeats, 1, 1000)
+        _range(f"{key}.val_fraction", self.val_fraction, 0.0, 0.9)
+        _date(f"{key}.split_date", self.split_date)
+        if self.max_probes is not None:
+            _range(f"{key}.max_probes", self.max_probes, 1, 100_000)
+
+
+@dataclass(frozen=True)
+class Tracking:
+    uri: str
+    artifact_root: Path
+    registered_model_prefix: str
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    figures_probe: str | None
+
+
+@dataclass(frozen=True)
+class Tune:
+    n_trials: int
+    storage: str
+    study_name: str
+    max_epochs: int
+
+    def _check(self, key: str) -> None:
+        _range(f"{key}.n_trials", self.n_trials, 1, 100_000)
+        _range(f"{key}.max_epochs", self.max_epochs, 1, 10_000)
+
+
+@dataclass(frozen=True)
+class Map:
+    model: str | None
+    alias: str
+    region: str
+    start: str
+    end: str
+    window_px: int
+
+    def _check(self, key: str) -> None:
+        if self.region not in REGIONS:
+            raise ConfigError(f"{key}.region", f"unknown region {self.region!r}; allowed: {', '.join(REGIONS)}")
+        if _date(f"{key}.start", self.start) > _date(f"{key}.end", self.end):
+            raise ConfigError(f"{key}.end", f"must not be before start ({self.start})")
+        _range(f"{key}.window_px", self.window_px, 8, 100_000)
+
+
+@dataclass(frozen=True)
+class Retrain:
+    cron: str
+    margin_mae: float
+
+    def _check(self, key: str) -> None:
+        if len(self.cron.split()) != 5:
+            raise ConfigError(f"{key}.cron", f"{self.cron!r} is not a 5-field cron expression")
+        _range(f"{key}.margin_mae", self.margin_mae, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Runner:
+    kind: Literal["local", "dask_local", "dask_address"]
+    address: str | None
+    n_workers: int
+
+    def _check(self, key: str) -> None:
+        _range(f"{key}.n_workers", self.n_workers, 1, 1024)
+        if self.kind == "dask_address" and not self.address:
+            raise ConfigError(f"{key}.address", "is required when runner.kind is 'dask_address'")
+
+
+@dataclass(frozen=True)
+class Params:
+    paths: Paths
+    data: Data
+    simulate: Simulate
+    ingest: Ingest
+    quality: Quality
+    model: Model
+    variant: Variant
+    variants: dict[str, VariantSpec]
+    protocol: Protocol
+    tracking: Tracking
+    evaluate: Evaluate
+    tune: Tune
+    map: Map
+    retrain: Retrain
+    runner: Runner
+    root: Path = field(default=Path("."), compare=False)
+
+    def _check(self, key: str) -> None:
+        if self.variant.name not in self.variants:
+            raise ConfigError("variant.name", f"unknown variant {self.variant.name!r}; allowed: {', '.join(self.variants)}")
+
+    @property
+    def variant_spec(self) -> VariantSpec:
+        return self.variants[self.variant.name]
+
+    def path(self, p: Path | str) -> Path:
+        """Resolve a configured path against the project root (the folder of params.yaml)."""
+        p = Path(p)
+        return p if p.is_absolute() else (self.root / p)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain data (saved with every run)."""
+        d = dataclasses.asdict(self)
+        d.pop("root", None)
+        return _plain(d)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _range(key: str, value: Any, lo: float, hi: float, low_open: bool = False, high_open: bool = False) -> None:
+    ok = (value > lo if low_open else value >= lo) and (value < hi if high_open else value <= hi)
+    if not ok:
+        lb = "(" if low_open else "["
+        rb = ")" if high_open else "]"
+        raise ConfigError(key, f"{value!r} is out of range; allowed {lb}{lo}, {hi}{rb}")
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it (dataclasses, paths, literals)."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(key, "must not be empty (null)")
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, a, value)
+            except ConfigError as e:
+                errors.append(e.problem)
+        raise ConfigError(key, errors[0] if errors else f"bad value {value!r}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(key, f"{value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a mapping, got {type(value).__name__}")
+        _, vt = get_args(tp)
+        return {str(k): _coerce(f"{key}.{k}", vt, v) for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be a list, got {value!r}")
+        (it,) = get_args(tp)
+        return [_coerce(f"{key}[{i}]", it, v) for i, v in enumerate(value)]
+    if value is None:
+        raise ConfigError(key, "must not be empty (null)")
+    if tp is Path:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a path string, got {value!r}")
+        return Path(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dt.date,)):
+            return value.isoformat()
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # programming error, not user error
+
+
+def _build(cls: type, mapping: Any, prefix: str) -> Any:
+    if not isinstance(mapping, dict):
+        raise ConfigError(prefix or "<root>", f"must be a mapping, got {type(mapping).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init and f.name != "root"]
+    names = {f.name for f in fields}
+    for k in mapping:
+        if k not in names:
+            raise ConfigError(f"{prefix}.{k}" if prefix else str(k), f"unknown key; allowed here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for f in fields:
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name not in mapping:
+            raise ConfigError(key, "is missing")
+        kwargs[f.name] = _coerce(key, hints[f.name], mapping[f.name])
+    obj = cls(**kwargs)
+    check = getattr(obj, "_check", None)
+    if check is not None:
+        check(prefix or "<root>")
+    return obj
+
+
+def from_dict(raw: dict[str, Any], root: Path | str = ".") -> Params:
+    """Build :class:`Params` from a mapping (as loaded from YAML); raises ConfigError on any problem."""
+    params = _build(Params, raw, "")
+    return dataclasses.replace(params, root=Path(root))
+
+
+def load(path: Path | str = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Read ``params.yaml`` once; ``overrides`` maps dotted keys to values (e.g. from the CLI)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), "parameter file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), f"is not valid YAML: {e}") from None
+    for dotted, value in (overrides or {}).items():
+        apply_override(raw, dotted, value)
+    return from_dict(raw, root=path.resolve().parent)
+
+
+def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested mapping; the key must already exist (typos fail loudly)."""
+    parts = dotted.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(".".join(parts[: i + 1]), "unknown key (in override)")
+        node = node[part]
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise ConfigError(dotted, "unknown key (in override)")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(text, "override must look like key.sub=value")
+    key, val = text.split("=", 1)
+    return key.strip(), yaml.safe_load(val)
