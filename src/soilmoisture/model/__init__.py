@@ -1,0 +1,1 @@
+"""The network (thesis Table 3) and the engines that train it."""

@@ -1,0 +1,106 @@
+"""MLflow names live here, and nowhere else: experiments, tags, metric and artifact names.
+
+Stable names let the MLflow UI's compare view line runs up across variants and data sources.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from soilmoisture.config import Params
+
+# --- experiments -------------------------------------------------------------------------------
+EXPERIMENT_PREFIX = "soilmoisture"
+
+
+def experiment_name(source: str, kind: str = "protocol") -> str:
+    """One experiment per data source (and kind: protocol, quality, tuning, maps, retrain)."""
+    return f"{EXPERIMENT_PREFIX}/{source}/{kind}"
+
+
+# --- tags --------------------------------------------------------------------------------------
+TAG_KIND = "kind"                 # protocol | fold | final | quality | tuning | trial | map | retrain
+TAG_VARIANT = "variant"
+TAG_SOURCE = "data_source"
+TAG_MODE = "mode"                 # unseen_site | known_site
+TAG_ENGINE = "engine"
+TAG_GIT_COMMIT = "git_commit"
+TAG_DATA_HASH = "processed_data_md5"   # DVC hash of data/processed
+TAG_TEST_PROBE = "test_probe"
+TAG_REPEAT = "repeat"
+TAG_FAILURE = "failure_reason"
+
+# --- metrics (per fold and aggregated on the parent with the prefix "mean_" / "median_") -------
+METRICS = ("mae", "rmse", "ubrmse", "bias", "pearson_r", "n_days")
+LEARNING_CURVE = ("train_loss", "val_loss")
+
+# --- artifacts ---------------------------------------------------------------------------------
+ART_CONFIG = "config/params.json"
+ART_PER_PROBE = "results/per_probe_metrics.parquet"
+ART_PREDICTIONS = "results/predictions.parquet"
+ART_COMPARISON_DIR = "comparison"
+ART_QUALITY_DIR = "quality"
+
+
+def registered_model_name(prefix: str, variant: str) -> str:
+    return f"{prefix}-{variant}"
+
+
+def mask_url(url: str) -> str:
+    """Hide a password in a database/server URL: ``postgresql://u:***@host/db``."""
+    return re.sub(r"(?<=://)([^:/@]+):([^@]*)@", r"\1:***@", url)
+
+
+def tracking_uri(params: "Params") -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` with relative SQLite paths made absolute."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+    m = re.match(r"^sqlite:///(?!/)(.+)$", uri)
+    if m:  # relative to the project root, not the cwd (STACK-NOTES: MLflow resolves against the cwd)
+        db = params.path(m.group(1)).resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{db}"
+    return uri
+
+
+def artifact_location(params: "Params") -> str:
+    root = params.path(params.tracking.artifact_root).resolve()
+    return Path(root).as_uri()
+
+
+def configure(params: "Params") -> str:
+    """Point MLflow at the configured store; returns the URI in use."""
+    import mlflow
+
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(params: "Params", kind: str = "protocol") -> str:
+    """Create (once) and return the id of the experiment for this data source and kind."""
+    import mlflow
+
+    configure(params)
+    name = experiment_name(params.data.source, kind)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    uri = tracking_uri(params)
+    # A tracking server manages its own artifact root; a local store gets ours under mlruns/.
+    location = artifact_location(params) + f"/{name.replace('/', '_')}" if not uri.startswith("http") else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def git_commit(root: Path) -> str:
+    """The current git commit of the project (or 'unknown' outside a repository)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
