@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytest_plugins = ["conftest_prefect"]  # one temporary Prefect API per session (tests/conftest_prefect.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -22,3 +22,13 @@ def command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None])
         return fn
 
     return deco
+
+
+def _register_builtin() -> None:
+    """Commands whose modules are light to import (heavy imports stay in their handlers)."""
+    from soilmoisture.protocol import predict
+
+    command("predict", predict.add_arguments)(predict.handle)
+
+
+_register_builtin()

@@ -26,11 +26,14 @@ def ingest(params: Params) -> None:
     run(params)
 
 
-def validate(params: Params) -> None:
-    """Run the Great Expectations gate on ``paths.interim``; publish to ``paths.processed`` only on success."""
+def validate(params: Params) -> dict[str, Any]:
+    """Run the Great Expectations gate on ``paths.interim``; publish to ``paths.processed`` only on success.
+
+    Returns the gate's summary (counts, per-expectation results, data-docs path); raises QualityGateError.
+    """
     from soilmoisture.quality.gate import run
 
-    run(params)
+    return run(params)
 
 
 def describe(params: Params) -> None:

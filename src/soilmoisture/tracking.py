@@ -36,6 +36,9 @@ TAG_FAILURE = "failure_reason"
 # --- metrics (per fold and aggregated on the parent with the prefix "mean_" / "median_") -------
 METRICS = ("mae", "rmse", "ubrmse", "bias", "pearson_r", "n_days")
 LEARNING_CURVE = ("train_loss", "val_loss")
+# quality gate (kind=quality): data-rule counts and the expectation tally
+QUALITY_METRICS = ("flagged_ssm_days", "frozen_days_removed", "sigma0_outliers_removed", "ssm_dropped",
+                   "expectations_passed", "expectations_failed")
 
 # --- artifacts ---------------------------------------------------------------------------------
 ART_CONFIG = "config/params.json"
@@ -54,9 +57,15 @@ def mask_url(url: str) -> str:
     return re.sub(r"(?<=://)([^:/@]+):([^@]*)@", r"\1:***@", url)
 
 
+_CONFIGURED: dict[str, str] = {}  # the URI `configure` last handed to MLflow
+
+
 def tracking_uri(params: "Params") -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` with relative SQLite paths made absolute."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    # mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI: a value we set ourselves in `configure`
+    # is not the user's override and must not pin every later Params of this process to the first store.
+    uri = env if env and env != _CONFIGURED.get("uri") else params.tracking.uri
     m = re.match(r"^sqlite:///(?!/)(.+)$", uri)
     if m:  # relative to the project root, not the cwd (STACK-NOTES: MLflow resolves against the cwd)
         db = params.path(m.group(1)).resolve()
@@ -77,6 +86,7 @@ def configure(params: "Params") -> str:
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    _CONFIGURED["uri"] = os.environ.get("MLFLOW_TRACKING_URI", uri)
     return uri
 
 

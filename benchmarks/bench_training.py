@@ -1,0 +1,183 @@
+"""Benchmark: the plain per-model Keras loop vs the JAX many-models engine on the thesis protocol.
+
+Bench size (thesis 3.3, 4.2): 61 probes x 883 days, leave-one-probe-out x 10 repeats = 610 models, 20 epochs,
+batch size 1, 48 training and 12 validation probes per model. The data are synthetic arrays of the right
+shape with ~60 % observed targets: the cost does not depend on the values.
+
+    .venv/bin/python benchmarks/bench_training.py                         # full protocol (once, near the end)
+    .venv/bin/python benchmarks/bench_training.py --models 32 --epochs 2  # quick check, extrapolated
+
+Prints seconds per model-epoch of both, their ratio and the engine's wall time (measured, and extrapolated
+to the full protocol when run smaller), then a Markdown block for benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FULL_MODELS, FULL_EPOCHS = 610, 20
+log = logging.getLogger("bench_training")
+
+
+def make_request(n_probes: int, n_days: int, n_features: int, n_models: int, epochs: int, seed: int = 0):
+    """Synthetic LOO x repeats request: model k tests probe k % P (repeat k // P), 80/20 split of the rest."""
+    from soilmoisture import config
+    from soilmoisture.model.interface import FitRequest
+
+    hp = config.load(ROOT / "params.yaml").model
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_probes, n_days, n_features)).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    y = (0.25 + 0.08 * rng.standard_normal((n_probes, n_days))).astype(np.float32)
+    y[rng.random(y.shape) >= 0.6] = np.nan                       # ~60 % observed days
+    train_idx, val_idx, mean, std = [], [], [], []
+    for k in range(n_models):
+        rest = np.array([p for p in range(n_probes) if p != k % n_probes])
+        perm = np.random.default_rng([seed, k]).permutation(rest)
+        n_val = int(round(0.2 * len(rest)))
+        train_idx.append(np.sort(perm[n_val:]))
+        val_idx.append(np.sort(perm[:n_val]))
+        xt = x[train_idx[-1]].reshape(-1, n_features)
+        mean.append(np.nanmean(xt, 0))
+        std.append(np.nanstd(xt, 0))
+    return FitRequest(x=x, y=y, mean=np.array(mean, np.float32), std=np.array(std, np.float32),
+                      train_idx=train_idx, val_idx=val_idx, seeds=np.arange(1000, 1000 + n_models), hp=hp,
+                      epochs=epochs)
+
+
+class _Stamps(logging.Handler):
+    """Records when the Keras engine reports each finished model (steady-state time per model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "trained" in record.getMessage():
+            self.times.append(time.perf_counter())
+
+
+def bench_keras(req, n_models: int, epochs: int) -> dict:
+    """The plain per-model Keras loop (keras_engine.fit_many) on the first ``n_models`` models."""
+    from soilmoisture.model import keras_engine
+
+    sub = dataclasses.replace(req, mean=req.mean[:n_models], std=req.std[:n_models],
+                              train_idx=req.train_idx[:n_models], val_idx=req.val_idx[:n_models],
+                              seeds=req.seeds[:n_models], epochs=epochs)
+    stamps = _Stamps()
+    logging.getLogger("soilmoisture.model.keras_engine").addHandler(stamps)
+    t0 = time.perf_counter()
+    keras_engine.fit_many(sub)
+    total = time.perf_counter() - t0
+    per_all = total / (n_models * epochs)
+    # Steady state: from the first model's end to the last's (no tracing / graph building).
+    steady = (stamps.times[-1] - stamps.times[0]) / ((n_models - 1) * epochs) if len(stamps.times) > 1 else per_all
+    return {"models": n_models, "epochs": epochs, "seconds": total, "per_model_epoch": steady,
+            "per_model_epoch_incl_tracing": per_all}
+
+
+def bench_jax(req, processes: int | None, group_size: int | None) -> dict:
+    from soilmoisture.model import jax_engine
+
+    t0 = time.perf_counter()
+    res = jax_engine.fit_many(req, processes=processes, group_size=group_size)
+    total = time.perf_counter() - t0
+    m, e = req.n_models, req.epochs
+    assert np.all(np.isfinite(res.train_loss)), "engine produced non-finite losses"
+    return {"models": m, "epochs": e, "seconds": total, "per_model_epoch": total / (m * e),
+            "processes": res.info["processes"], "group_size": res.info["group_size"],
+            "final_train_mae_mean": float(np.mean(res.train_loss[:, -1]))}
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def load() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "n/a"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=int, default=FULL_MODELS, help="engine models (full protocol: 610)")
+    ap.add_argument("--epochs", type=int, default=FULL_EPOCHS, help="engine epochs (full protocol: 20)")
+    ap.add_argument("--probes", type=int, default=61)
+    ap.add_argument("--days", type=int, default=883)
+    ap.add_argument("--features", type=int, default=10, help="DLM_minimum: 10 inputs")
+    ap.add_argument("--keras-models", type=int, default=3, help="models for the plain Keras loop (>= 2)")
+    ap.add_argument("--keras-epochs", type=int, default=1)
+    ap.add_argument("--skip-keras", action="store_true")
+    ap.add_argument("--processes", type=int, default=None, help="engine worker processes (default: engine's)")
+    ap.add_argument("--group-size", type=int, default=None, help="models per compiled call (default: engine's)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("jax._src.xla_bridge", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    load_before = load()
+    req = make_request(args.probes, args.days, args.features, max(args.models, args.keras_models), args.epochs)
+    n_train = len(req.train_idx[0])
+    log.info("request: %d probes x %d days x %d features, %d training series per model",
+             args.probes, args.days, args.features, n_train)
+    keras = None
+    if not args.skip_keras:
+        keras = bench_keras(req, args.keras_models, args.keras_epochs)
+        log.info("keras: %s", keras)
+    eng_req = dataclasses.replace(req, mean=req.mean[:args.models], std=req.std[:args.models],
+                                  train_idx=req.train_idx[:args.models], val_idx=req.val_idx[:args.models],
+                                  seeds=req.seeds[:args.models])
+    jax_res = bench_jax(eng_req, args.processes, args.group_size)
+    log.info("jax: %s", jax_res)
+    load_after = load()
+
+    full = FULL_MODELS * FULL_EPOCHS
+    measured_full = args.models == FULL_MODELS and args.epochs == FULL_EPOCHS
+    est_full = jax_res["seconds"] if measured_full else jax_res["per_model_epoch"] * full
+    lines = [
+        f"- Command: `.venv/bin/python benchmarks/bench_training.py {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip(),
+        f"- Machine: {machine()}",
+        f"- Load before: `{load_before}`; after: `{load_after}`",
+        f"- Data: {args.probes} probes x {args.days} days x {args.features} features, {n_train} training series "
+        f"per model per epoch (batch 1), ~60 % observed targets (synthetic)",
+    ]
+    if keras:
+        lines.append(f"- Plain Keras loop (`keras_engine.fit_many`, {keras['models']} models x {keras['epochs']} "
+                     f"epoch): {keras['per_model_epoch']:.2f} s per model-epoch steady state "
+                     f"({keras['per_model_epoch_incl_tracing']:.2f} s including tracing); full protocol "
+                     f"at that rate: {keras['per_model_epoch'] * full / 3600:.1f} h")
+    lines.append(f"- JAX engine ({jax_res['models']} models x {jax_res['epochs']} epochs, {jax_res['processes']} "
+                 f"processes, groups of {jax_res['group_size']}): {jax_res['seconds']:.1f} s wall, "
+                 f"{jax_res['per_model_epoch'] * 1000:.1f} ms per model-epoch (compilation included)")
+    lines.append(f"- Full protocol (610 models x 20 epochs) with the engine: {est_full / 60:.1f} min "
+                 f"({'measured' if measured_full else 'extrapolated from this run'})")
+    if keras:
+        lines.append(f"- Speed-up per model-epoch: {keras['per_model_epoch'] / jax_res['per_model_epoch']:.0f}x")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":  # spawn workers re-import __main__: keep the guard
+    main()

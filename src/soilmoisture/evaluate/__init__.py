@@ -1,0 +1,1 @@
+"""Evaluation: metrics, product comparison, figures and the report."""

@@ -1,0 +1,484 @@
+"""Harmonisation: raw sources -> one daily row per (probe, day) over the full range + a probe table.
+
+:func:`run` is the ``ingest`` stage: it reads the source chosen by ``data.source`` with the readers in
+:mod:`soilmoisture.sources`, calls the pure :func:`harmonise_frames` (no file access; also used by
+tests and the prediction command) and writes ``daily.parquet``, ``probes.parquet`` and
+``ingest_report.json`` to ``paths.interim`` atomically (all three computed first, then renamed).
+
+Data rules (thesis 3.2): frozen days (TS_max <= 0 degC) lose their SSM (3.2.1); SSM above
+``quality.ssm_flag_threshold`` is flagged, not dropped (DESIGN); sigma0 outliers are removed per
+probe by a z-score threshold, then sigma0 <= sigma0_max (3.2.2); NDVI/NDWI are interpolated at most
+``vi_max_gap_days`` from an observation (3.2.3); dry days counted on the full range (3.2.4).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from soilmoisture.config import Params
+from soilmoisture.errors import DataError
+from soilmoisture.schema import CORINE, DAILY_COLUMNS, OPTIONAL_DAILY_COLUMNS, PROBE_COLUMNS
+
+log = logging.getLogger(__name__)
+
+# Network -> study region (thesis 2: HOBE Denmark, FMI Finland, REMEDHUS Spain, ICOS Sweden).
+NETWORK_REGION = {"HOBE": "denmark", "FMI": "finland", "REMEDHUS": "spain", "ICOS": "sweden"}
+KEY = ["probe_id", "date"]
+
+
+# ----------------------------------------------------------------------------------------------
+# pure part
+# ----------------------------------------------------------------------------------------------
+def remove_sigma0_outliers(sigma0: pd.Series, probe_id: pd.Series, zscore: float, sigma0_max: float) -> pd.Series:
+    """Boolean mask of sigma0 values to remove (thesis 3.2.2).
+
+    Per probe: |sigma0 - mean| / std > ``zscore`` (corner reflectors), then whatever is still above
+    ``sigma0_max`` (linear). NaN values are never outliers.
+    """
+    s = sigma0.astype("float64")
+    grp = s.groupby(probe_id.to_numpy())
+    mean = grp.transform("mean")
+    std = grp.transform("std")  # sample std (ddof=1), as scipy.stats.zscore(ddof=1)
+    z = (s - mean) / std.where(std > 0)
+    out = (z.abs() > zscore).fillna(False)
+    out |= (s.where(~out) > sigma0_max).fillna(False)
+    return out.astype(bool)
+
+
+def _interpolate_vi(grid: pd.DataFrame, vi: pd.DataFrame, dates: pd.DatetimeIndex, max_gap: int) -> pd.DataFrame:
+    from soilmoisture.sources.sentinel2 import interpolate_limited
+
+    parts = []
+    by_probe = {pid: g for pid, g in vi.groupby("probe_id")}
+    for pid in grid["probe_id"].unique():
+        g = by_probe.get(pid)
+        d = pd.DataFrame({"probe_id": pid, "date": dates})
+        for c in ("ndvi", "ndwi"):
+            d[c] = (np.full(len(dates), np.nan) if g is None
+                    else interpolate_limited(dates, g["date"], g[c], max_gap))
+        parts.append(d)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _merge(grid: pd.DataFrame, frame: pd.DataFrame | None, what: str) -> pd.DataFrame:
+    """Left-join a (probe_id, date) frame onto the grid; its columns replace existing ones."""
+    if frame is None or frame.empty:
+        return grid
+    frame = frame.copy()
+    frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]").dt.normalize()
+    frame["probe_id"] = frame["probe_id"].astype(str)
+    dup = frame.duplicated(KEY)
+    if dup.any():
+        r = frame.loc[dup].iloc[0]
+        raise DataError(None, f"duplicate timestamps in {what}: probe {r['probe_id']} on {r['date']:%Y-%m-%d}",
+                        field=what)
+    cols = [c for c in frame.columns if c not in KEY and c not in ("network", "region")]
+    grid = grid.drop(columns=[c for c in cols if c in grid.columns])
+    return grid.merge(frame[KEY + cols], on=KEY, how="left")
+
+
+def harmonise_frames(
+    probes: pd.DataFrame,
+    dates: pd.DatetimeIndex,
+    in_situ: pd.DataFrame,
+    *,
+    sigma0: pd.DataFrame | None = None,
+    vi: pd.DataFrame | None = None,
+    weather: pd.DataFrame | None = None,
+    products: list[pd.DataFrame] | None = None,
+    static: pd.DataFrame | None = None,
+    sigma0_zscore: float = 2.0,
+    sigma0_max: float = 0.35,
+    vi_max_gap_days: int = 30,
+    dry_day_mm: float = 0.1,
+    ssm_flag_threshold: float = 0.5,
+    require_ssm: bool = True,
+    report: dict[str, Any] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Build the daily table (schema.DAILY_COLUMNS + optional columns present) and the probe table.
+
+    ``probes``: probe_id, network, region, lat, lon (+ any PROBE_COLUMNS known); ``in_situ``:
+    probe_id, date, ssm (m3/m3), ts_max (degC) and possibly other daily columns (the REMEDHUS export
+    brings sigma0, indices and weather); ``sigma0``: probe_id, date, sigma0_vv (linear)
+    [, sigma0_vh, incidence_angle_deg]; ``vi``: NDVI/NDWI observations (interpolated here);
+    ``weather``: probe_id, date, precip_mm, ta_min/mean/max (dry_days computed here unless given);
+    ``products``: frames with ecv_sm / csm; ``static``: probe_id + static PROBE_COLUMNS (override
+    values from ``probes`` where they are known). Rows outside ``dates`` are dropped. A probe with no
+    valid SSM day is excluded (the reason goes to ``report['probes_excluded']``) unless
+    ``require_ssm`` is False (prediction: inputs without a target). Free of file access.
+    """
+    report = {} if report is None else report
+    dates = pd.DatetimeIndex(pd.to_datetime(dates)).normalize().astype("datetime64[ns]")
+    probes = probes.copy()
+    probes["probe_id"] = probes["probe_id"].astype(str)
+    if probes["probe_id"].duplicated().any():
+        dup = probes.loc[probes["probe_id"].duplicated(), "probe_id"].tolist()
+        raise DataError(None, f"probe identifiers are not unique: {dup}", field="probe_id")
+    if static is not None and not static.empty:
+        st = static.copy()
+        st["probe_id"] = st["probe_id"].astype(str)
+        st = st.set_index("probe_id")
+        probes = probes.set_index("probe_id")
+        for c in st.columns:
+            vals = st[c].reindex(probes.index)
+            probes[c] = vals.where(vals.notna(), probes[c]) if c in probes else vals
+        probes = probes.reset_index()
+
+    grid = pd.DataFrame({
+        "probe_id": np.repeat(probes["probe_id"].to_numpy(), len(dates)),
+        "date": np.tile(dates.to_numpy(), len(probes)),
+    })
+    meta = probes.set_index("probe_id")
+    grid["network"] = grid["probe_id"].map(meta["network"])
+    grid["region"] = grid["probe_id"].map(meta["region"])
+
+    grid = _merge(grid, in_situ, "in-situ data")
+    grid = _merge(grid, sigma0, "Sentinel-1 data")
+    if vi is not None and not vi.empty:
+        grid = _merge(grid, _interpolate_vi(grid, vi, dates, vi_max_gap_days), "Sentinel-2 data")
+    grid = _merge(grid, weather, "weather data")
+    for prod in products or []:
+        grid = _merge(grid, prod, "product data")
+    for c in DAILY_COLUMNS:
+        if c not in grid:
+            grid[c] = np.nan
+    grid = grid.sort_values(KEY, kind="stable").reset_index(drop=True)
+
+    # --- data rules ---------------------------------------------------------------------------
+    ts = grid["ts_max"].astype("float64")
+    frozen = (ts <= 0.0).fillna(False).to_numpy(bool)
+    ssm = grid["ssm"].astype("float64")
+    frozen_removed = int((frozen & ssm.notna()).sum())
+    grid["frozen"] = frozen
+    grid["ssm"] = ssm.mask(frozen)     # thesis 3.2.1: frozen soil, probe SSM unreliable
+    grid["ssm_flag_gt50"] = (grid["ssm"] > ssm_flag_threshold).fillna(False).astype(bool)
+
+    out = remove_sigma0_outliers(grid["sigma0_vv"], grid["probe_id"], sigma0_zscore, sigma0_max)
+    grid["sigma0_outlier"] = out.to_numpy(bool)
+    grid["sigma0_vv"] = grid["sigma0_vv"].astype("float64").mask(out)
+    if "sigma0_vh" in grid:  # same pixel, same bright target: VH of that scene is not trusted either
+        grid["sigma0_vh"] = grid["sigma0_vh"].astype("float64").mask(out)
+
+    if grid["dry_days"].isna().all() and grid["precip_mm"].notna().any():
+        from soilmoisture.sources.weather import dry_days
+
+        grid["dry_days"] = np.concatenate([dry_days(g.to_numpy(), dry_day_mm)
+                                           for _, g in grid.groupby("probe_id", sort=False)["precip_mm"]])
+
+    # --- probes with no valid day ---------------------------------------------------------------
+    valid = grid.groupby("probe_id", sort=False)["ssm"].count()
+    in_range = ssm.notna().groupby(grid["probe_id"].to_numpy()).sum()
+    raw_ok: set[str] = set()
+    if in_situ is not None and not in_situ.empty and "ssm" in in_situ:
+        raw_ok = set(in_situ.loc[in_situ["ssm"].notna(), "probe_id"].astype(str))
+    excluded = []
+    for pid in probes["probe_id"]:
+        if valid.get(pid, 0) > 0 or not require_ssm:
+            continue
+        if pid not in raw_ok:
+            reason = "no SSM value in the source (none passed the depth and quality-flag filters)"
+        elif in_range.get(pid, 0) == 0:
+            reason = f"no SSM observation between {dates[0]:%Y-%m-%d} and {dates[-1]:%Y-%m-%d}"
+        else:
+            reason = "no valid SSM day: every observed day is frozen (ts_max <= 0 degC)"
+        excluded.append({"probe_id": pid, "reason": reason})
+        log.warning("probe %s excluded: %s", pid, reason)
+    drop = {e["probe_id"] for e in excluded}
+    grid = grid[~grid["probe_id"].isin(drop)].reset_index(drop=True)
+    probes = probes[~probes["probe_id"].isin(drop)].reset_index(drop=True)
+
+    daily = _typed(grid, {**DAILY_COLUMNS, **{c: v for c, v in OPTIONAL_DAILY_COLUMNS.items() if c in grid}})
+    probes_out = _probe_table(probes)
+    report.update({
+        "probes": int(len(probes_out)),
+        "days": int(len(dates)),
+        "rows": int(len(daily)),
+        "start": f"{dates[0]:%Y-%m-%d}",
+        "end": f"{dates[-1]:%Y-%m-%d}",
+        "ssm_days": int(daily["ssm"].notna().sum()),
+        "frozen_days_removed": frozen_removed,
+        "ssm_flagged_days": int(daily["ssm_flag_gt50"].sum()),
+        "sigma0_outliers_removed": int(daily["sigma0_outlier"].sum()),
+        "probes_excluded": excluded,
+    })
+    return daily, probes_out
+
+
+def _typed(df: pd.DataFrame, spec: dict[str, tuple[str, str, str]]) -> pd.DataFrame:
+    """Columns of ``spec`` in order with their declared dtypes."""
+    out = pd.DataFrame(index=df.index)
+    for col, (dtype, _, _) in spec.items():
+        s = df[col] if col in df else pd.Series(np.nan, index=df.index)
+        if dtype == "string":
+            out[col] = s.astype("string")
+        elif dtype == "bool":
+            out[col] = s.fillna(False).astype(bool)
+        elif dtype == "int64":
+            out[col] = pd.to_numeric(s, errors="coerce").fillna(-1).astype("int64")
+        elif dtype.startswith("datetime64"):
+            out[col] = pd.to_datetime(s).astype("datetime64[ns]")
+        else:
+            out[col] = pd.to_numeric(s, errors="coerce").astype(dtype)
+    return out
+
+
+def _probe_table(probes: pd.DataFrame) -> pd.DataFrame:
+    p = probes.copy()
+    if "landcover_code" not in p:
+        p["landcover_code"] = -1
+    p["landcover_code"] = pd.to_numeric(p["landcover_code"], errors="coerce").fillna(-1).astype("int64")
+    p["landcover_name"] = p["landcover_code"].map(lambda c: CORINE.get(int(c), "unknown"))
+    p["climate_class"] = p["climate_class"].fillna("unknown") if "climate_class" in p else "unknown"
+    return _typed(p, PROBE_COLUMNS)
+
+
+# ----------------------------------------------------------------------------------------------
+# stage: file access
+# ----------------------------------------------------------------------------------------------
+def _region_of(network: str) -> str:
+    return NETWORK_REGION.get(str(network).upper(), str(network).lower())
+
+
+def _manifest_regions(raw: Path) -> dict[str, str]:
+    """probe_id -> region from ``manifest.json`` when the simulator lists probes there."""
+    f = raw / "manifest.json"
+    if not f.is_file():
+        return {}
+    try:
+        man = json.loads(f.read_text())
+    except ValueError as e:
+        raise DataError(f, f"is not valid JSON: {e}") from None
+    probes = man.get("probes") if isinstance(man, dict) else None
+    out: dict[str, str] = {}
+    if isinstance(probes, list):
+        for p in probes:
+            if isinstance(p, dict) and "probe_id" in p and "region" in p:
+                out[str(p["probe_id"])] = str(p["region"])
+    elif isinstance(probes, dict):
+        for pid, p in probes.items():
+            if isinstance(p, dict) and "region" in p:
+                out[str(pid)] = str(p["region"])
+    return out
+
+
+def _job(fn: Any, args: tuple) -> tuple[str, Any]:
+    """Run one reader in a worker; platform errors travel back as data (their __init__ takes
+    several arguments, which plain exception pickling does not restore)."""
+    try:
+        return "ok", fn(*args)
+    except DataError as e:
+        return "error", (e.path, e.problem, e.field)
+
+
+def _run_jobs(jobs: list[tuple[str, Any, tuple]], workers: int) -> dict[str, Any]:
+    """Run reader jobs ``(key, function, args)``, in ``workers`` processes when > 1 (spawned: safe
+    with GDAL and pyarrow threads). Results by key; the first DataError is raised again."""
+    if workers <= 1 or len(jobs) < 2:
+        return {k: fn(*args) for k, fn, args in jobs}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+            futures = {k: ex.submit(_job, fn, args) for k, fn, args in jobs}
+            results = {k: f.result() for k, f in futures.items()}
+    except BrokenProcessPool as e:
+        # e.g. a __main__ that spawned workers cannot re-import (code piped on stdin): read serially
+        log.warning("worker processes failed (%s); reading the rasters in this process", e)
+        return _run_jobs(jobs, 1)
+    out = {}
+    for k, (status, value) in results.items():
+        if status == "error":
+            raise DataError(value[0], value[1], field=value[2])
+        out[k] = value
+    return out
+
+
+def _n_files(folder: Path, pattern: str) -> int:
+    return sum(1 for _ in folder.glob(pattern)) if folder.is_dir() else 0
+
+
+def read_rasters(raw: Path, probes: pd.DataFrame, params: Params, workers: int | None = None) -> dict[str, Any]:
+    """Sentinel-1/2, static layers, weather and products under ``raw`` for the given probes.
+
+    Each (region, source) is one job; with hundreds of files the jobs run in worker processes
+    (``workers``; default: every core when there are >= 400 files, else 1).
+    """
+    from soilmoisture.sources import products as prod
+    from soilmoisture.sources import sentinel1, sentinel2, static, weather
+
+    ing = params.ingest
+    jobs: list[tuple[str, Any, tuple]] = []
+    n_files = 0
+    for region, grp in probes.groupby("region"):
+        grp = grp[["probe_id", "lat", "lon"]].reset_index(drop=True)
+        for kind, sub, fn, extra in (("s1", "sentinel1", sentinel1.read_sentinel1, (ing.sigma0_units,)),
+                                     ("s2", "sentinel2", sentinel2.read_sentinel2, (ing.s2_mask_probability,)),
+                                     ("csm", "products/csm", prod.read_csm, ())):
+            folder = raw / sub / region
+            if folder.is_dir():
+                jobs.append((f"{kind}/{region}", fn, (folder, grp, *extra)))
+                n_files += _n_files(folder, "*.tif")
+        if (raw / "static").is_dir():
+            jobs.append((f"static/{region}", static.read_static, (raw / "static", region, grp)))
+    ecv_dir = raw / "products" / "ecv_sm"
+    ecv = prod.ecv_files(ecv_dir) if ecv_dir.is_dir() else []
+    n_files += len(ecv)
+    if workers is None:
+        workers = (os.cpu_count() or 1) if n_files >= 400 else 1
+    chunks = max(1, min(workers, len(ecv)))
+    pts = probes[["probe_id", "lat", "lon"]].reset_index(drop=True)
+    for i in range(chunks):
+        part = ecv[i::chunks]
+        if part:
+            jobs.append((f"ecv/{i}", prod.read_ecv_list, (part, pts)))
+    # Largest jobs first, so the workers finish together.
+    size = {"s1": 3, "ecv": 3, "csm": 2, "s2": 1, "static": 0}
+    jobs.sort(key=lambda j: -size.get(j[0].split("/")[0], 0))
+    t0 = time.perf_counter()
+    res = _run_jobs(jobs, workers)
+    log.info("rasters and products read: %d files, %d jobs, %d worker(s) (%.1f s)", n_files, len(jobs), workers,
+             time.perf_counter() - t0)
+
+    def cat(kind: str) -> pd.DataFrame | None:
+        parts = [v for k, v in res.items() if k.split("/")[0] == kind and v is not None and not v.empty]
+        return pd.concat(parts, ignore_index=True) if parts else None
+
+    out: dict[str, Any] = {"sigma0": cat("s1"), "vi": cat("s2"), "static": cat("static"), "products": []}
+    for kind in ("csm", "ecv"):
+        frame = cat(kind)
+        if frame is not None:
+            out["products"].append(frame)
+    if (raw / "weather" / "stations.csv").is_file():
+        wd, stations = weather.read_weather(raw / "weather")
+        nearest = weather.nearest_station(probes, stations)
+        parts = []
+        for pid, station in nearest.items():
+            d = wd[wd["station"] == station].drop(columns="station").copy()
+            d.insert(0, "probe_id", pid)
+            parts.append(d)
+        out["weather"] = pd.concat(parts, ignore_index=True) if parts else None
+    return out
+
+
+def _read_simulated(raw: Path, params: Params) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    from soilmoisture.sources.icos import read_icos
+    from soilmoisture.sources.ismn import read_ismn
+
+    if not raw.is_dir():
+        raise DataError(raw, "raw data folder not found (run `soilmoisture simulate` first)")
+    t0 = time.perf_counter()
+    days, probes = [], []
+    if (raw / "ismn").is_dir():
+        d, p = read_ismn(raw / "ismn", params.path(params.paths.work) / "ismn",
+                         params.ingest.ssm_max_depth_m, params.ingest.ismn_quality_flags)
+        days.append(d)
+        probes.append(p)
+    if (raw / "icos" / "sites.csv").is_file():
+        d, p = read_icos(raw / "icos")
+        days.append(d)
+        probes.append(p)
+    if not probes:
+        raise DataError(raw, "no in-situ data found (expected ismn/ and/or icos/ folders, see docs/raw-layout.md)")
+    probe_df = pd.concat(probes, ignore_index=True)
+    log.info("in-situ data read: %d probes (%.1f s)", len(probe_df), time.perf_counter() - t0)
+    regions = _manifest_regions(raw)
+    probe_df["region"] = [regions.get(pid, _region_of(net)) for pid, net in
+                          zip(probe_df["probe_id"], probe_df["network"])]
+    return pd.concat(days, ignore_index=True), probe_df, read_rasters(raw, probe_df, params)
+
+
+def build(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Read the configured source and harmonise it: (daily, probes, report). No file is written."""
+    from soilmoisture.sources.ismn import read_ismn
+    from soilmoisture.sources.remedhus import read_remedhus
+
+    src = params.data.source
+    raw = params.path(params.paths.raw)
+    extra: dict[str, Any] = {}
+    if src == "simulated":
+        in_situ, probes, extra = _read_simulated(raw, params)
+    elif src == "remedhus":
+        in_situ, probes = read_remedhus(params.path(params.data.remedhus_csv))  # type: ignore[arg-type]
+    else:  # ismn
+        in_situ, probes = read_ismn(params.path(params.data.ismn_archive),  # type: ignore[arg-type]
+                                    params.path(params.paths.work) / "ismn",
+                                    params.ingest.ssm_max_depth_m, params.ingest.ismn_quality_flags)
+        if probes.empty:
+            raise DataError(params.data.ismn_archive, "no station with soil moisture within "
+                            f"0-{params.ingest.ssm_max_depth_m} m (ingest.ssm_max_depth_m) and flags "
+                            f"{params.ingest.ismn_quality_flags}")
+        probes["region"] = [_region_of(n) for n in probes["network"]]
+        if raw.is_dir():  # optional rasters in the raw layout
+            extra = read_rasters(raw, probes, params)
+    report: dict[str, Any] = {"source": src}
+    ing, q = params.ingest, params.quality
+    daily, probe_table = harmonise_frames(
+        probes, params.data.dates, in_situ,
+        sigma0=extra.get("sigma0"), vi=extra.get("vi"), weather=extra.get("weather"),
+        products=extra.get("products"), static=extra.get("static"),
+        sigma0_zscore=ing.sigma0_zscore, sigma0_max=ing.sigma0_max, vi_max_gap_days=ing.vi_max_gap_days,
+        dry_day_mm=ing.dry_day_mm, ssm_flag_threshold=q.ssm_flag_threshold, report=report)
+    if probe_table.empty:
+        raise DataError(None, f"no probe has a valid SSM day between {params.data.start} and {params.data.end}; "
+                              f"excluded: {report['probes_excluded'][:5]}", field="data.start/data.end")
+    return daily, probe_table, report
+
+
+def _atomic_outputs(folder: Path, outputs: dict[str, Any]) -> None:
+    """Write every output under a temporary name in ``folder`` first, then rename them all."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp: dict[str, str] = {}
+    try:
+        for name, obj in outputs.items():
+            fd, t = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            tmp[name] = t
+            if isinstance(obj, pd.DataFrame):
+                obj.to_parquet(t, index=False)
+            else:
+                Path(t).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        for name, t in tmp.items():
+            os.replace(t, folder / name)
+    finally:
+        for t in tmp.values():
+            if os.path.exists(t):
+                os.unlink(t)
+
+
+def run(params: Params) -> None:
+    """The ``ingest`` stage: harmonised tables + report into ``paths.interim``."""
+    daily, probes, report = build(params)
+    out = params.path(params.paths.interim)
+    _atomic_outputs(out, {"daily.parquet": daily, "probes.parquet": probes, "ingest_report.json": report})
+    log.info("ingest: %d probes x %d days -> %s (%d frozen days removed, %d flagged SSM days, "
+             "%d sigma0 outliers, %d probes excluded)", report["probes"], report["days"], out,
+             report["frozen_days_removed"], report["ssm_flagged_days"], report["sigma0_outliers_removed"],
+             len(report["probes_excluded"]))
+
+
+def contract_markdown() -> str:
+    """The column tables of the data contract (docs/data.md), generated from :mod:`soilmoisture.schema`."""
+    parts = []
+    for title, spec in (("daily.parquet", DAILY_COLUMNS), ("daily.parquet, optional columns", OPTIONAL_DAILY_COLUMNS),
+                        ("probes.parquet", PROBE_COLUMNS)):
+        parts.append(f"### {title}\n\n| column | dtype | unit | meaning |\n|---|---|---|---|")
+        parts += [f"| `{c}` | {d} | {u or '-'} | {m} |" for c, (d, u, m) in spec.items()]
+        parts.append("")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation helper
+    import sys
+
+    if "--contract" in sys.argv:
+        sys.stdout.write(contract_markdown())

@@ -1,0 +1,1 @@
+"""The training protocol: fold plans, runs tracked in MLflow, prediction for users."""
