@@ -278,3 +278,27 @@ def test_known_site_reports_each_probe_against_its_climatology(make_params):
     assert sorted(r.data.tags["test_probe"] for r in children) == ["P00", "P01", "P02"]
     # scored on March only (31 days, ~30 % missing)
     assert all(10 < r.data.metrics["n_days"] <= 31 for r in children)
+
+
+def test_engine_falls_back_to_keras_for_cells_the_jax_engine_lacks(caplog):
+    from soilmoisture.model import keras_engine
+    from soilmoisture.protocol.run import get_engine
+
+    assert get_engine("keras", "lstm") == (keras_engine, "keras")
+    with caplog.at_level("WARNING"):
+        engine, name = get_engine("jax", "conv1d")  # no jax engine supports conv1d
+    assert (engine, name) == (keras_engine, "keras") and "keras" in caplog.text
+
+
+def test_predict_reads_the_real_remedhus_export(unseen_run, shared_data, tmp_path):
+    from soilmoisture import cli
+
+    params, _ = unseen_run
+    out = tmp_path / "remedhus_pred.parquet"
+    args = ["predict", "--params", str(params.root / "params.yaml"), "--model", "soilmoisture-minimum@champion",
+            "--input", str(shared_data / "remedhus" / "SM_Data_REMEDHUS.csv"), "--output", str(out)]
+    assert cli.main(args) == 2  # the export lacks ts_max, ta_min, ta_max: refused unless allowed
+    assert cli.main(args + ["--allow-missing-features"]) == 0
+    pred = pd.read_parquet(out)
+    assert pred["probe_id"].nunique() == 5 and pred["ssm_pred"].notna().all()
+    assert pred["ssm"].notna().sum() > 4000  # observed SSM carried along for comparison

@@ -375,3 +375,14 @@ def test_gate_passes_on_real_remedhus_export(shared_data: Path, tmp_path: Path, 
     summary = gate.run(params, context_root=gx_root)
     assert summary["success"], summary["failures"]
     assert (params.path(params.paths.processed) / "daily.parquet").is_file()
+
+
+def test_gate_passes_on_the_simulated_tiny_area(copy_area, mlflow_store) -> None:
+    """The default pipeline (simulate -> ingest -> validate) publishes: the gate agrees with the data rules."""
+    from soilmoisture import stages
+
+    params = copy_area(mlflow_store)
+    stages.ingest(params)
+    summary = gate.run(params, context_root=gx_copy(params.root / "expectations"))
+    assert summary["success"], summary["failures"]
+    assert summary["frozen_days_removed"] > 0      # the simulated Nordic winters freeze

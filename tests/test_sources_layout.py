@@ -318,6 +318,16 @@ def test_sentinel1_linear_where_db_is_declared_is_refused(tiny_raw):
         read_sentinel1(tiny_raw / "sentinel1" / "spain", probe_frame(), "db")
 
 
+def test_sentinel1_untagged_linear_values_where_db_is_declared_are_refused(tmp_path):
+    from soilmoisture.sources.sentinel1 import read_sentinel1
+
+    data = np.full((3, N, N), 0.08, dtype="float32")
+    write_tif(tmp_path / "S1A_IW_GRDH_1SDV_20170103T062000_DSC.tif", data, "float32", nodata=float("nan"),
+              tags={"ACQUISITION_TIME": "2017-01-03T06:20:00"})
+    with pytest.raises(DataError, match=r"\[sigma0_vv\]: values look linear"):
+        read_sentinel1(tmp_path, probe_frame(), "db")
+
+
 def test_sentinel1_declared_db_is_converted(tmp_path):
     from soilmoisture.sources.sentinel1 import read_sentinel1
 

@@ -311,7 +311,7 @@ def read_rasters(raw: Path, probes: pd.DataFrame, params: Params, workers: int |
     """Sentinel-1/2, static layers, weather and products under ``raw`` for the given probes.
 
     Each (region, source) is one job; with hundreds of files the jobs run in worker processes
-    (``workers``; default: every core when there are >= 400 files, else 1).
+    (``workers``; default: every core, at most 8, when there are >= 400 files, else 1).
     """
     from soilmoisture.sources import products as prod
     from soilmoisture.sources import sentinel1, sentinel2, static, weather
@@ -334,7 +334,7 @@ def read_rasters(raw: Path, probes: pd.DataFrame, params: Params, workers: int |
     ecv = prod.ecv_files(ecv_dir) if ecv_dir.is_dir() else []
     n_files += len(ecv)
     if workers is None:
-        workers = (os.cpu_count() or 1) if n_files >= 400 else 1
+        workers = min(os.cpu_count() or 1, 8) if n_files >= 400 else 1
     chunks = max(1, min(workers, len(ecv)))
     pts = probes[["probe_id", "lat", "lon"]].reset_index(drop=True)
     for i in range(chunks):
@@ -434,6 +434,13 @@ def build(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     return daily, probe_table, report
 
 
+def file_mode() -> int:
+    """Permissions a plain ``open(..., "w")`` would give under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_outputs(folder: Path, outputs: dict[str, Any]) -> None:
     """Write every output under a temporary name in ``folder`` first, then rename them all."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -447,7 +454,9 @@ def _atomic_outputs(folder: Path, outputs: dict[str, Any]) -> None:
                 obj.to_parquet(t, index=False)
             else:
                 Path(t).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        mode = file_mode()
         for name, t in tmp.items():
+            os.chmod(t, mode)  # mkstemp creates 0600; give the usual permissions
             os.replace(t, folder / name)
     finally:
         for t in tmp.values():

@@ -18,6 +18,7 @@ import pandas as pd
 
 from soilmoisture.config import Params
 from soilmoisture.errors import DataError
+from soilmoisture.harmonise import file_mode
 from soilmoisture.schema import DYNAMIC_FEATURES, STATIC_FEATURES, TARGET
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def _save(fig: Any, path: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        os.chmod(tmp, file_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -66,6 +68,7 @@ def _save_csv(df: pd.DataFrame, path: Path) -> None:
     os.close(fd)
     try:
         df.to_csv(tmp, float_format="%.4f")
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -145,9 +145,7 @@ _CORE_CACHE: dict[_Static, dict] = {}
 
 
 def clr_jax(step, base_lr: float, max_lr: float, step_size: int):  # noqa: ANN001, ANN201 - jax arrays
-    """Triangular cyclical learning rate in JAX (same formula as ``interface.clr``)."""
-    import jax.numpy as jnp
-
+    """Triangular cyclical learning rate in JAX (same formula as ``interface.clr``, float32 like Keras)."""
     return _clr(step, base_lr, max_lr - base_lr, step_size)
 
 
@@ -162,7 +160,7 @@ def _clr(step, base_lr, span, step_size):  # noqa: ANN001, ANN202 - jax arrays
 
 def _dropout_key(seed: int) -> np.ndarray:
     """Two uint32 words of a model's dropout stream, from its seed alone."""
-    return np.random.SeedSequence([int(seed), 2]).generate_state(2).astype(np.uint32)
+    return np.random.SeedSequence([int(seed) % 2**63, 2]).generate_state(2).astype(np.uint32)
 
 
 def _fmix32(x):  # noqa: ANN001, ANN202 - jax uint32 arrays
@@ -457,8 +455,8 @@ def _steps_per_epoch(n_train: int, batch: int) -> int:
 
 
 def _train_group(x: np.ndarray, y: np.ndarray, y_train: np.ndarray, grp: _Group, hp: Model, epochs: int,
-                 n_steps: int, n_val: int) -> tuple[list[list[np.ndarray]], np.ndarray, np.ndarray, np.ndarray]:
-    """Train one group; returns weights, train MAE (G, E), val MAE (G, E) and L2 penalty (G, E)."""
+                 n_steps: int, n_val: int) -> tuple:
+    """Train one group; returns weights, train MAE (G, E), val MAE (G, E), L2 penalty (G, E), epoch seconds (E,)."""
     import jax
     import jax.numpy as jnp
 
@@ -502,7 +500,9 @@ def _train_group(x: np.ndarray, y: np.ndarray, y_train: np.ndarray, grp: _Group,
     train_loss = np.full((g, epochs), np.nan, np.float32)
     val_loss = np.full((g, epochs), np.nan, np.float32)
     l2 = np.zeros((g, epochs), np.float32)
+    epoch_seconds = np.zeros(epochs)
     for e in range(epochs):
+        t_e = time.perf_counter()
         state, dl = core["epoch"](state, xn, y_tr, jnp.asarray(orders[e]), jnp.asarray(weights[e]), keys,
                                    hyper)
         act = weights[e].sum(2) > 0                              # (S, G)
@@ -514,9 +514,10 @@ def _train_group(x: np.ndarray, y: np.ndarray, y_train: np.ndarray, grp: _Group,
             v = np.asarray(core["evaluate"](state[0], xn, y_ev, vidx_j, vw_j))
             val_loss[:, e] = np.where(has_val, v, np.nan)
         l2[:, e] = hp.recurrent_l2 * sum(np.sum(np.asarray(r) ** 2, axis=(1, 2)) for _, r, _ in state[0]["lstm"])
+        epoch_seconds[e] = time.perf_counter() - t_e            # the first includes compilation
     out = _unstack(state[0], g)
     n = grp.n_real
-    return out[:n], train_loss[:n], val_loss[:n], l2[:n]
+    return out[:n], train_loss[:n], val_loss[:n], l2[:n], epoch_seconds
 
 
 # Worker-process globals (set once by the pool initializer: the probe tensors are shared by all groups).
@@ -617,6 +618,13 @@ def fit_many(req: FitRequest, *, processes: int | None = None, group_size: int |
     y = np.asarray(req.y, np.float32)
     y_train = y if req.y_train is None else np.asarray(req.y_train, np.float32)
     processes = min(processes, len(groups))
+    if processes > 1:
+        import multiprocessing as mp
+
+        if mp.current_process().daemon:
+            # e.g. inside a Dask/Prefect process worker: daemonic processes cannot have children.
+            log.warning("jax engine: running in a daemonic process; training the groups in-process")
+            processes = 1
     log.info("jax engine: %d models, %d epochs, %d groups of %d, %d process(es)",
              m_total, epochs, len(groups), gsize, processes)
     jobs = [(g, hp, epochs, n_steps, n_val) for g in groups]
@@ -642,7 +650,8 @@ def fit_many(req: FitRequest, *, processes: int | None = None, group_size: int |
     seconds = time.perf_counter() - t0
     return FitResult(weights=weights, train_loss=train_loss, val_loss=val_loss, seconds=seconds,
                      info={"engine": "jax", "group_size": gsize, "processes": processes, "groups": len(groups),
-                           "epochs": epochs, "train_l2": l2})
+                           "epochs": epochs, "train_l2": l2,
+                           "epoch_seconds": np.stack([r[4] for r in results])})  # (groups, epochs) wall
 
 
 def predict_many(x: np.ndarray, mean: np.ndarray, std: np.ndarray, weights_list: list[list[np.ndarray]],
