@@ -48,6 +48,22 @@ ART_COMPARISON_DIR = "comparison"
 ART_QUALITY_DIR = "quality"
 
 
+# --- protocol runs (soilmoisture.protocol.run) ------------------------------------------------
+TAG_SKIPPED = "skipped_probes"          # parent: test probes reported and skipped (comma-separated)
+TAG_ENGINE_REQUESTED = "engine_requested"  # protocol.engine as configured (TAG_ENGINE = the one that ran)
+TAG_REGISTERED = "registered_model"     # parent and final run: "<registered name>/<version>"
+BASELINES = ("train_mean", "network_day", "climatology")  # scored like the model, on the same days
+AGGREGATES = ("mean", "median")         # parent metrics over test probes: "<aggregate>_<metric>"
+ART_NORMALISATION = "model_meta/normalisation.json"  # final run: features, mean, std (also in MLmodel metadata)
+MODEL_ARTIFACT = "model"                # final run: the logged Keras model
+CHAMPION_ALIAS = "champion"
+
+
+def baseline_metric(baseline: str, metric: str) -> str:
+    """A baseline's metric name, e.g. ``baseline_train_mean_mae`` (parent: ``mean_baseline_train_mean_mae``)."""
+    return f"baseline_{baseline}_{metric}"
+
+
 def registered_model_name(prefix: str, variant: str) -> str:
     return f"{prefix}-{variant}"
 

@@ -93,6 +93,9 @@ def plan_known_site(probe_ids: list[str], n_before: np.ndarray, n_after: np.ndar
     tests = np.flatnonzero(n_after > 0)
     skipped = [_skip(probe_ids[i], "has no observed SSM day from the split date on", variant)
                for i in np.flatnonzero(n_after <= 0)]
+    if len(tests) == 0:
+        raise ProtocolError(f"variant {variant!r}: no probe has observed SSM from the split date on "
+                            "(protocol.split_date): nothing to test")
     if max_probes is not None:
         tests = tests[:max_probes]
     plans = [FoldPlan("known_site", r, fold_seed(seed, 0, r, "known_site"), train, np.array([], dtype=np.int64),

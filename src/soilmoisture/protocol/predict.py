@@ -54,7 +54,9 @@ def resolve_model_uri(text: str) -> str:
     m = re.match(r"^(.+)/(\d+)$", text)
     if m:
         return f"models:/{m.group(1)}/{m.group(2)}"
-    return f"models:/{text}@champion"
+    from soilmoisture.tracking import CHAMPION_ALIAS
+
+    return f"models:/{text}@{CHAMPION_ALIAS}"
 
 
 def load_predictor(model_uri: str) -> Predictor:

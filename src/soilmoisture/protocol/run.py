@@ -29,9 +29,6 @@ from soilmoisture.protocol.folds import FoldPlan, norm_stats, plan_final, plan_k
 
 log = logging.getLogger(__name__)
 
-TAG_SKIPPED = "skipped_probes"          # parent: probes reported and skipped (comma-separated)
-TAG_ENGINE_REQUESTED = "engine_requested"
-TAG_REGISTERED = "registered_model"     # parent and final run: "<name>/<version>"
 MLFLOW_PARENT = "mlflow.parentRunId"
 
 
@@ -165,7 +162,7 @@ def run(params: Params) -> str:
     engine, engine_name = get_engine(pr.engine, params.model.cell)
     tags = {tracking.TAG_KIND: "protocol", tracking.TAG_VARIANT: params.variant.name,
             tracking.TAG_SOURCE: params.data.source, tracking.TAG_MODE: pr.mode, tracking.TAG_ENGINE: engine_name,
-            TAG_ENGINE_REQUESTED: pr.engine, tracking.TAG_GIT_COMMIT: tracking.git_commit(params.root)}
+            tracking.TAG_ENGINE_REQUESTED: pr.engine, tracking.TAG_GIT_COMMIT: tracking.git_commit(params.root)}
     parent = client.create_run(exp_id, run_name=f"{params.variant.name}-{pr.mode}-{time.strftime('%Y%m%d-%H%M%S')}",
                                tags=tags)
     rid = parent.info.run_id
@@ -218,7 +215,7 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
     for e in skipped:
         log.warning("%s", e)
     if skipped:
-        client.set_tag(rid, TAG_SKIPPED, ",".join(e.probe for e in skipped)[:4900])
+        client.set_tag(rid, tracking.TAG_SKIPPED, ",".join(e.probe for e in skipped)[:4900])
     fit_days = None if pr.mode == "unseen_site" else ~eval_days
     stats = [norm_stats(x, p.train_idx, fit_days) for p in plans]
     final = plan_final(tens.observed, seed=pr.seed)
@@ -249,14 +246,14 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
         pred = predict_normalised(net, normalise(x[plan.test_idx], *all_stats[m]))
         tmean = bl.train_mean(y_fold, plan.train_idx)
         for k, p in enumerate(plan.test_idx):
-            base = _baselines(pr.mode, y, y_fold, tens, plan, int(p), eval_days, tmean)
+            base = _baselines(pr.mode, y, tens, plan, int(p), eval_days, tmean)
             obs = np.where(eval_days, y[p], np.nan)
             row = {"model_index": m, "probe_id": ids[p], "repeat": plan.repeat, "seed": plan.seed,
                    **all_metrics(obs, pred[k])}
             for b, series in base.items():
                 for name, v in all_metrics(obs, series).items():
                     if name != "n_days":
-                        row[tracking_baseline(b, name)] = v
+                        row[tracking.baseline_metric(b, name)] = v
             fold_rows.append(row)
             days = np.flatnonzero(eval_days)
             frame = {"probe_id": ids[p], "date": tens.dates[days], "repeat": plan.repeat, "ssm": y[p, days],
@@ -271,11 +268,6 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
     _register_final(params, client, exp_id, rid, engine_name, weights[-1], final_stats, tens, train_loss[-1])
 
 
-def tracking_baseline(baseline: str, metric: str) -> str:
-    """Name of a baseline's metric on a child run, e.g. ``baseline_train_mean_mae``."""
-    return f"baseline_{baseline}_{metric}"
-
-
 def _fit(engine: Any, x: np.ndarray, y: np.ndarray, plans: list[FoldPlan], stats: list, y_train: np.ndarray,
          hp: Any) -> Any:
     from soilmoisture.model.interface import FitRequest
@@ -287,8 +279,9 @@ def _fit(engine: Any, x: np.ndarray, y: np.ndarray, plans: list[FoldPlan], stats
     return engine.fit_many(req)
 
 
-def _baselines(mode: str, y: np.ndarray, y_fold: np.ndarray, tens: Any, plan: FoldPlan, p: int,
-               eval_days: np.ndarray, tmean: float) -> dict[str, np.ndarray]:
+def _baselines(mode: str, y: np.ndarray, tens: Any, plan: FoldPlan, p: int, eval_days: np.ndarray,
+               tmean: float) -> dict[str, np.ndarray]:
+    """The baseline series (T,) for test probe ``p`` (see :mod:`soilmoisture.protocol.baselines`)."""
     T = y.shape[1]
     out = {"train_mean": np.full(T, tmean)}
     if mode == "unseen_site":
@@ -350,9 +343,10 @@ def _log_parent_results(client: Any, rid: str, per_probe: pd.DataFrame, predicti
     now = int(time.time() * 1000)
     cols = [c for c in per_probe.columns if c in tracking.METRICS or c.startswith("baseline_")]
     metrics = [Metric("train_seconds", train_seconds, now, 0), Metric("n_models", float(n_models), now, 0),
-               Metric("n_test_probes", float(len(per_probe)), now, 0), Metric("n_skipped_probes", float(n_skipped), now, 0)]
+               Metric("n_test_probes", float(len(per_probe)), now, 0),
+               Metric("n_skipped_probes", float(n_skipped), now, 0)]
     for c in cols:
-        for stat, f in (("mean", np.nanmean), ("median", np.nanmedian)):
+        for stat, f in zip(tracking.AGGREGATES, (np.nanmean, np.nanmedian)):
             v = per_probe[c].to_numpy(dtype=float)
             if np.isfinite(v).any():
                 metrics.append(Metric(f"{stat}_{c}", float(f(v)), now, 0))
@@ -392,20 +386,18 @@ def _register_final(params: Params, client: Any, exp_id: str, rid: str, engine_n
     now = int(time.time() * 1000)
     client.log_batch(child.info.run_id, metrics=[Metric("train_loss", float(v), now, e)
                                                  for e, v in enumerate(train_loss) if np.isfinite(v)])
-    client.log_dict(child.info.run_id, meta, NORMALISATION_ARTIFACT)
+    client.log_dict(child.info.run_id, meta, tracking.ART_NORMALISATION)
     from importlib.metadata import version
 
     reqs = [f"{p}=={version(p)}" for p in ("mlflow", "keras", "tensorflow-cpu")]
     with mlflow.start_run(run_id=child.info.run_id, nested=True):
-        info = mlflow.tensorflow.log_model(net, name="model", signature=sig, input_example=example,
+        info = mlflow.tensorflow.log_model(net, name=tracking.MODEL_ARTIFACT, signature=sig, input_example=example,
                                            pip_requirements=reqs, metadata=meta, registered_model_name=name)
     client.set_terminated(child.info.run_id, "FINISHED")
     ver = str(info.registered_model_version)
-    if "champion" not in (client.get_registered_model(name).aliases or {}):
-        client.set_registered_model_alias(name, "champion", ver)
-    client.set_tag(rid, TAG_REGISTERED, f"{name}/{ver}")
-    client.set_tag(child.info.run_id, TAG_REGISTERED, f"{name}/{ver}")
+    if tracking.CHAMPION_ALIAS not in (client.get_registered_model(name).aliases or {}):
+        client.set_registered_model_alias(name, tracking.CHAMPION_ALIAS, ver)
+    client.set_tag(rid, tracking.TAG_REGISTERED, f"{name}/{ver}")
+    client.set_tag(child.info.run_id, tracking.TAG_REGISTERED, f"{name}/{ver}")
     log.info("final model registered as %s version %s", name, ver)
 
-
-NORMALISATION_ARTIFACT = "model_meta/normalisation.json"
