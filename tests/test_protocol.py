@@ -144,17 +144,22 @@ def test_baselines_use_same_network_same_day_and_own_climatology():
 # --- the stage, tracked in MLflow ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def unseen_run(tmp_path_factory):
-    """One unseen_site protocol on 4 probes + 1 without observations (1 repeat, 2 epochs)."""
+    """One unseen_site protocol on 4 probes + 1 without observations (1 repeat, 2 epochs), run through
+    the real command line (``soilmoisture train``)."""
     from conftest import write_params
 
-    from soilmoisture import config
-    from soilmoisture.protocol.run import run
+    from soilmoisture import cli, config, tracking
 
     root = tmp_path_factory.mktemp("protocol")
-    params = config.load(write_params(root, {**BASE, "protocol.mode": "unseen_site"}))
+    path = write_params(root, {**BASE, "protocol.mode": "unseen_site"})
+    params = config.load(path)
     daily, probes = tiny_tables(n_probes=5, empty=("P04",))
     write_processed(params, daily, probes)
-    return params, run(params)
+    assert cli.main(["train", "--params", str(path)]) == 0
+    c = _client(params)
+    exp = c.get_experiment_by_name(tracking.experiment_name("simulated"))
+    (parent,) = c.search_runs([exp.experiment_id], filter_string="tags.kind = 'protocol'")
+    return params, parent.info.run_id
 
 
 def _client(params):

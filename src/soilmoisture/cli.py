@@ -19,7 +19,12 @@ STAGES: dict[str, str] = {
     "validate": "Great Expectations quality gate; publishes data/processed on success",
     "describe": "exploratory figures of the processed table (thesis 3.2.6)",
     "train": "leave-one-probe-out protocol tracked in MLflow; registers the final model",
+    "evaluate": "compare the latest protocol run with ECV_SM, CSM and baselines; tables, figures, HTML report",
+    "tune": "Optuna hyperparameter search (thesis 3.3.1); resumable, shareable by several workers",
+    "map": "daily SSM maps (Cloud-Optimised GeoTIFF) of map.region with the registered model",
 }
+# Stage functions whose name differs from the command (``map`` would shadow the builtin).
+STAGE_FUNCTIONS: dict[str, str] = {"map": "map_"}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in STAGES:
             from soilmoisture import stages
 
-            getattr(stages, args.command)(params)
+            getattr(stages, STAGE_FUNCTIONS.get(args.command, args.command))(params)
         else:
             extras[args.command][1](params, args)
     except SoilMoistureError as e:

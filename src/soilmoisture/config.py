@@ -150,6 +150,8 @@ class Model:
     epochs: int
     batch_size: int
     target_fill: Literal["mask", "zero"]
+    # true: the train stage replaces the keys above with the tuning result (tune.best_params_path)
+    from_tuning: bool = False
 
     def _check(self, key: str) -> None:
         _range(f"{key}.layers", self.layers, 1, 5)
@@ -219,15 +221,72 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class TuneSpace:
+    """The hyperparameter search space (thesis 3.3.1: LSTM, GRU, SimpleRNN, 1-D convolutions were tried)."""
+
+    cells: list[Literal["lstm", "gru", "simplernn", "conv1d"]]
+    layers: list[int]             # [low, high], inclusive
+    units: list[int]              # [low, high], sampled on a log scale
+    dropout: list[float]          # [low, high]
+    recurrent_l2: list[float]     # [low, high] > 0, log scale
+    epochs_min: int               # epochs are drawn from [epochs_min, tune.max_epochs]
+    clr_base_lr: list[float]      # [low, high] > 0, log scale
+    clr_max_lr: list[float]       # [low, high] > 0, log scale; low must exceed clr_base_lr's high
+    batch_sizes: list[int]        # choices (probe series per optimizer step)
+
+    def _check(self, key: str) -> None:
+        if not self.cells or len(set(self.cells)) != len(self.cells):
+            raise ConfigError(f"{key}.cells", "must list at least one cell type, each once")
+        for name, lo, hi, pos in (("layers", 1, 5, False), ("units", 1, 512, False), ("dropout", 0.0, 0.9, False),
+                                  ("recurrent_l2", 0.0, 1.0, True), ("clr_base_lr", 0.0, 1.0, True),
+                                  ("clr_max_lr", 0.0, 1.0, True)):
+            bounds = getattr(self, name)
+            if len(bounds) != 2 or bounds[0] > bounds[1]:
+                raise ConfigError(f"{key}.{name}", f"must be [low, high] with low <= high, got {bounds!r}")
+            for b in bounds:
+                _range(f"{key}.{name}", b, lo, hi, low_open=pos)
+        if self.clr_max_lr[0] <= self.clr_base_lr[1]:
+            raise ConfigError(f"{key}.clr_max_lr", "low bound must exceed clr_base_lr's high bound (max > base)")
+        _range(f"{key}.epochs_min", self.epochs_min, 1, 10_000)
+        if not self.batch_sizes:
+            raise ConfigError(f"{key}.batch_sizes", "must list at least one batch size")
+        for b in self.batch_sizes:
+            _range(f"{key}.batch_sizes", b, 1, 10_000)
+
+
+@dataclass(frozen=True)
+class TunePruner:
+    startup_trials: int           # no pruning until this many trials have completed
+    warmup_epochs: int            # no pruning within a trial's first epochs
+
+    def _check(self, key: str) -> None:
+        _range(f"{key}.startup_trials", self.startup_trials, 0, 100_000)
+        _range(f"{key}.warmup_epochs", self.warmup_epochs, 0, 10_000)
+
+
+@dataclass(frozen=True)
 class Tune:
     n_trials: int
     storage: str
     study_name: str
     max_epochs: int
+    folds_per_trial: int          # LOO folds (their validation probes only) scored per trial
+    seed: int                     # sampler seed and the choice of folds
+    heartbeat_seconds: int        # a worker's trial is declared dead after grace_seconds without a beat
+    grace_seconds: int
+    reports: Path                 # plots and summary.md
+    best_params_path: Path        # the best trial's `model` keys (read by train when model.from_tuning)
+    pruner: TunePruner
+    space: TuneSpace
 
     def _check(self, key: str) -> None:
         _range(f"{key}.n_trials", self.n_trials, 1, 100_000)
         _range(f"{key}.max_epochs", self.max_epochs, 1, 10_000)
+        _range(f"{key}.folds_per_trial", self.folds_per_trial, 1, 100_000)
+        _range(f"{key}.heartbeat_seconds", self.heartbeat_seconds, 1, 3600)
+        _range(f"{key}.grace_seconds", self.grace_seconds, self.heartbeat_seconds + 1, 86_400)
+        if self.space.epochs_min > self.max_epochs:
+            raise ConfigError(f"{key}.space.epochs_min", f"must not exceed tune.max_epochs ({self.max_epochs})")
 
 
 @dataclass(frozen=True)
@@ -238,8 +297,12 @@ class Map:
     start: str
     end: str
     window_px: int
+    bbox: list[float] | None = None   # [west, south, east, north] degrees WGS84; None = the region's whole tile
 
     def _check(self, key: str) -> None:
+        if self.bbox is not None and (len(self.bbox) != 4 or not (self.bbox[0] < self.bbox[2] and self.bbox[1] < self.bbox[3])):
+            raise ConfigError(f"{key}.bbox", f"{self.bbox!r} must be [west, south, east, north] (degrees) with west < east "
+                                             "and south < north")
         if self.region not in REGIONS:
             raise ConfigError(f"{key}.region", f"unknown region {self.region!r}; allowed: {', '.join(REGIONS)}")
         if _date(f"{key}.start", self.start) > _date(f"{key}.end", self.end):

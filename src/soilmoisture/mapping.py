@@ -329,6 +329,8 @@ def predict_cube(model: MapModel, cube: Cube, batch: int = PIXEL_BATCH) -> np.nd
     rest = [(jnp.asarray(w[3 * l]), jnp.asarray(w[3 * l + 1]), jnp.asarray(w[3 * l + 2])) for l in range(1, model.layers)]
     fwd = _forward_fn(model.layers, model.units)
     T, N = len(cube.dates), cube.n_pixels
+    # Small windows: the next power of two (few distinct shapes, few compilations) instead of a mostly padded batch.
+    batch = min(batch, 1 << max(int(N - 1).bit_length(), 6))
     out = np.empty((T, N), np.float32)
     args = (jnp.asarray(wd), jnp.asarray(r0), rest, jnp.asarray(w[-2]), jnp.asarray(w[-1]))
     wz_j = jnp.asarray(wz)
@@ -942,7 +944,7 @@ def run(params: Params) -> Path:
     out = output_path(params)
     t0 = time.perf_counter()
     try:
-        aoi = aoi_window(src.grid, getattr(m, "bbox", None))
+        aoi = aoi_window(src.grid, m.bbox)
         res = make_map(model, src, out, start=m.start, end=m.end, warmup_start=params.data.start,
                        stat_range=(params.data.start, params.data.end), window_px=m.window_px, aoi=aoi,
                        truth=truth if truth.is_file() else None, sigma0_zscore=ing.sigma0_zscore,
@@ -962,7 +964,7 @@ def run(params: Params) -> Path:
     with mlflow.start_run(experiment_id=exp, run_name=f"map-{m.region}-{m.start}-{m.end}", tags=tags):
         mlflow.log_params({"region": m.region, "start": m.start, "end": m.end, "window_px": m.window_px,
                            "warmup_start": params.data.start, "model_uri": uri, "features": ",".join(model.features),
-                           "bbox": json.dumps(getattr(m, "bbox", None)), "pixels": n_px})
+                           "bbox": json.dumps(m.bbox), "pixels": n_px})
         mlflow.log_metrics({"seconds_total": total, **{f"seconds_{k}": v for k, v in res.seconds.items()},
                             "pixel_days_per_second": n_px * len(res.dates) / max(total, 1e-9)})
         for p in looks:

@@ -44,7 +44,38 @@ def describe(params: Params) -> None:
 
 
 def train(params: Params) -> Any:
-    """Leave-one-probe-out (or known-site) protocol, every fold an MLflow child run; final model registered."""
+    """Leave-one-probe-out (or known-site) protocol, every fold an MLflow child run; final model registered.
+
+    With ``model.from_tuning: true`` the tuned keys of ``model`` come from ``tune.best_params_path``.
+    """
     from soilmoisture.protocol.run import run
+
+    if params.model.from_tuning:
+        from soilmoisture.protocol.tune import apply_best
+
+        params = apply_best(params)
+    return run(params)
+
+
+def tune(params: Params) -> dict[str, Any]:
+    """Optuna search (thesis 3.3.1) on LOO validation probes; writes ``tune.best_params_path`` and a summary."""
+    from soilmoisture.protocol.tune import run
+
+    return run(params)
+
+
+def map_(params: Params) -> Any:
+    """Daily SSM maps (COG + quicklooks) of ``map.region`` with the registered model; validated on the simulated area."""
+    from soilmoisture.mapping import run
+
+    return run(params)
+
+
+maps = map_  # the CLI calls stages.<name>; "map" would shadow the builtin, so the stage is map_ / maps
+
+
+def evaluate(params: Params) -> Any:
+    """Model vs ECV_SM vs CSM vs baselines for the latest protocol run: tables, figures, HTML report."""
+    from soilmoisture.evaluate.stage import run
 
     return run(params)

@@ -32,6 +32,9 @@ TAG_DATA_HASH = "processed_data_md5"   # DVC hash of data/processed
 TAG_TEST_PROBE = "test_probe"
 TAG_REPEAT = "repeat"
 TAG_FAILURE = "failure_reason"
+TAG_STUDY = "optuna_study"        # tuning parent and trials: the Optuna study name
+TAG_TRIAL = "optuna_trial"        # trial runs: the trial number
+TAG_TRIAL_STATE = "optuna_state"  # trial runs: COMPLETE | PRUNED | FAIL
 
 # --- metrics (per fold and aggregated on the parent with the prefix "mean_" / "median_") -------
 METRICS = ("mae", "rmse", "ubrmse", "bias", "pearson_r", "n_days")
@@ -46,6 +49,13 @@ ART_PER_PROBE = "results/per_probe_metrics.parquet"
 ART_PREDICTIONS = "results/predictions.parquet"
 ART_COMPARISON_DIR = "comparison"
 ART_QUALITY_DIR = "quality"
+# product comparison (``soilmoisture evaluate``) on the parent protocol run, e.g. comparison.ecv_sm_days.ecv_sm.mae
+COMPARISON_METRIC_PREFIX = "comparison."
+
+
+def comparison_metric(name: str) -> str:
+    """Name of a comparison metric on the parent run: ``comparison.<day set>_days.<estimator>.<metric>``."""
+    return f"{COMPARISON_METRIC_PREFIX}{name}"
 
 
 # --- protocol runs (soilmoisture.protocol.run) ------------------------------------------------

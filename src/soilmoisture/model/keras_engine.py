@@ -79,6 +79,14 @@ def compile_model(model: Any, hp: Any, jit: bool = False) -> None:
                   metrics=[keras.metrics.MeanMetricWrapper(masked_mae, name="masked_mae")], jit_compile=jit)
 
 
+def training_targets(y: np.ndarray, target_fill: str) -> np.ndarray:
+    """Targets the loss sees: NaN (masked out of the loss) or, for ``'zero'``, missing days as 0 m3/m3.
+
+    ``'zero'`` is thesis compatibility only (3.3.1 trained on zero-filled targets; DESIGN.md calls it a defect).
+    """
+    return np.nan_to_num(y, nan=0.0) if target_fill == "zero" else y
+
+
 def _reinitialise(model: Any, hp: Any, n_features: int, seed: int) -> None:
     """Give the compiled ``model`` the state of a freshly built, freshly compiled one for ``seed``.
 
@@ -111,10 +119,7 @@ def fit_many(req: FitRequest) -> FitResult:
     hp = req.hp
     F = req.x.shape[-1]
     epochs = req.epochs or hp.epochs
-    y_fit = req.y if req.y_train is None else req.y_train
-    if hp.target_fill == "zero":
-        # Thesis compatibility only: missing targets trained as 0 m3/m3 (the defect DESIGN.md names).
-        y_fit = np.nan_to_num(y_fit, nan=0.0)
+    y_fit = training_targets(req.y if req.y_train is None else req.y_train, hp.target_fill)
     M = req.n_models
     weights: list[list[np.ndarray]] = []
     train_loss = np.full((M, epochs), np.nan)
