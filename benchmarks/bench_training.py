@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -64,10 +65,12 @@ class _Stamps(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.times: list[float] = []
+        self.cpu: list[float] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         if "trained" in record.getMessage():
             self.times.append(time.perf_counter())
+            self.cpu.append(_cpu())
 
 
 def bench_keras(req, n_models: int, epochs: int) -> dict:
@@ -79,22 +82,36 @@ def bench_keras(req, n_models: int, epochs: int) -> dict:
                               seeds=req.seeds[:n_models], epochs=epochs)
     stamps = _Stamps()
     logging.getLogger("soilmoisture.model.keras_engine").addHandler(stamps)
+    c0 = _cpu()
     t0 = time.perf_counter()
     keras_engine.fit_many(sub)
     total = time.perf_counter() - t0
+    cpu = _cpu() - c0
     per_all = total / (n_models * epochs)
     # Steady state: from the first model's end to the last's (no tracing / graph building).
     steady = (stamps.times[-1] - stamps.times[0]) / ((n_models - 1) * epochs) if len(stamps.times) > 1 else per_all
+    steady_cpu = ((stamps.cpu[-1] - stamps.cpu[0]) / ((n_models - 1) * epochs) if len(stamps.cpu) > 1
+                  else cpu / (n_models * epochs))
     return {"models": n_models, "epochs": epochs, "seconds": total, "per_model_epoch": steady,
-            "per_model_epoch_incl_tracing": per_all}
+            "per_model_epoch_incl_tracing": per_all, "cpu_per_model_epoch": cpu / (n_models * epochs),
+            "steady_cpu_per_model_epoch": steady_cpu}
+
+
+def _cpu() -> float:
+    """CPU seconds (user + sys) of this process and its finished children: a load-robust cost measure."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def bench_jax(req, processes: int | None, group_size: int | None) -> dict:
     from soilmoisture.model import jax_engine
 
+    c0 = _cpu()
     t0 = time.perf_counter()
     res = jax_engine.fit_many(req, processes=processes, group_size=group_size)
     total = time.perf_counter() - t0
+    cpu = _cpu() - c0
     m, e = req.n_models, req.epochs
     assert np.all(np.isfinite(res.train_loss)), "engine produced non-finite losses"
     procs, gsize = res.info["processes"], res.info["group_size"]
@@ -104,10 +121,17 @@ def bench_jax(req, processes: int | None, group_size: int | None) -> dict:
     overhead = max(total - secs.sum() / procs, 0.0) + float(np.median(secs[:, 0]) - group_epoch)
     n_groups_full = -(-FULL_MODELS // gsize)
     full_est = overhead + n_groups_full * FULL_EPOCHS * group_epoch / procs
+    # Load-robust: the CPU a worker (1 XLA thread) spends per group-epoch; on `procs` idle cores the
+    # wall time would be about that.
+    cpu_secs = res.info["epoch_cpu_seconds"]
+    group_epoch_cpu = float(np.median(cpu_secs[:, 1:])) if e > 1 else float(np.median(cpu_secs))
+    idle_est = overhead * group_epoch_cpu / max(group_epoch, 1e-9) + n_groups_full * FULL_EPOCHS * group_epoch_cpu / procs
     return {"models": m, "epochs": e, "seconds": total, "per_model_epoch": total / (m * e),
             "steady_per_model_epoch": group_epoch / (gsize * procs), "group_epoch_seconds": group_epoch,
             "overhead_seconds": overhead, "full_protocol_estimate": full_est,
-            "processes": procs, "group_size": gsize,
+            "processes": procs, "group_size": gsize, "cpu_per_model_epoch": cpu / (m * e),
+            "group_epoch_cpu": group_epoch_cpu, "steady_cpu_per_model_epoch": group_epoch_cpu / gsize,
+            "full_protocol_idle_estimate": idle_est,
             "final_train_mae_mean": float(np.mean(res.train_loss[:, -1]))}
 
 
@@ -178,17 +202,26 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"- Plain Keras loop (`keras_engine.fit_many`, {keras['models']} models x {keras['epochs']} "
                      f"epoch): {keras['per_model_epoch']:.2f} s per model-epoch steady state "
                      f"({keras['per_model_epoch_incl_tracing']:.2f} s including tracing); full protocol "
-                     f"at that rate: {keras['per_model_epoch'] * full / 3600:.1f} h")
+                     f"at that rate: {keras['per_model_epoch'] * full / 3600:.1f} h; "
+                     f"{keras['steady_cpu_per_model_epoch']:.2f} CPU-s per model-epoch steady state "
+                     f"({keras['cpu_per_model_epoch']:.2f} including tracing)")
     lines.append(f"- JAX engine ({jax_res['models']} models x {jax_res['epochs']} epochs, {jax_res['processes']} "
                  f"processes, groups of {jax_res['group_size']}): {jax_res['seconds']:.1f} s wall, "
                  f"{jax_res['per_model_epoch'] * 1000:.1f} ms per model-epoch overall (start-up and compilation "
                  f"included), {jax_res['steady_per_model_epoch'] * 1000:.1f} ms steady state "
-                 f"({jax_res['group_epoch_seconds']:.2f} s per group-epoch per process)")
+                 f"({jax_res['group_epoch_seconds']:.2f} s per group-epoch per process); "
+                 f"{jax_res['cpu_per_model_epoch'] * 1000:.1f} CPU-ms per model-epoch (all processes, start-up "
+                 f"and compilation included), {jax_res['steady_cpu_per_model_epoch'] * 1000:.1f} CPU-ms steady "
+                 f"state ({jax_res['group_epoch_cpu']:.2f} CPU-s per group-epoch)")
     lines.append(f"- Full protocol (610 models x 20 epochs) with the engine: {est_full / 60:.1f} min "
-                 f"({'measured' if measured_full else 'extrapolated from this run'})")
+                 f"({'measured' if measured_full else 'extrapolated from this run'}); from CPU time, on 2 idle "
+                 f"cores: {jax_res['full_protocol_idle_estimate'] / 60:.1f} min")
     if keras:
         lines.append(f"- Speed-up per model-epoch (Keras steady state / engine "
-                     f"{'overall' if measured_full else 'steady state'}): {keras['per_model_epoch'] / per_me:.0f}x")
+                     f"{'overall' if measured_full else 'steady state'}): {keras['per_model_epoch'] / per_me:.0f}x "
+                     f"wall; {keras['steady_cpu_per_model_epoch'] / jax_res['steady_cpu_per_model_epoch']:.0f}x in CPU "
+                     f"time (steady state; including start-up and compilation: "
+                     f"{keras['cpu_per_model_epoch'] / jax_res['cpu_per_model_epoch']:.0f}x)")
     print("\n".join(lines))
 
 

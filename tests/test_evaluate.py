@@ -132,6 +132,27 @@ def test_figures_are_labelled_pngs(tmp_path):
     assert not list(tmp_path.glob(".*"))   # no temporary files left behind
 
 
+def test_a_source_without_products_still_gets_tables_figures_and_a_report(tmp_path):
+    """The REMEDHUS export has no ECV_SM/CSM: product day sets are empty (n = 0), nothing breaks."""
+    from soilmoisture.evaluate import figures, report
+
+    pred, daily, probes = small_frames()
+    daily = daily.assign(ecv_sm=np.nan, csm=np.nan)
+    paired = cmp.paired_frame(pred, daily, probes)
+    ov = cmp.compare(paired, [])
+    prod = ov[ov["estimator"].isin(["ecv_sm", "csm"])]
+    assert (prod["n"] == 0).all() and prod["mae"].isna().all()
+    assert (cmp.coverage(paired)["product_days"] == 0).all()
+    reg = cmp.compare(paired, ["region"])
+    figs = figures.write_figures(paired, daily, ov, reg, "B", "minimum", tmp_path)
+    page = report.build_html(report.ReportInput(
+        run_id="r1", variant="minimum", run_info={}, headline=cmp.headline(ov, "minimum"),
+        coverage=cmp.coverage(paired), by_region=reg, by_landcover=cmp.compare(paired, ["landcover_name"]),
+        table_b1=cmp.table_b1(cmp.compare(paired, ["probe_id"]), paired, "minimum"),
+        figures={n: (p, figures.FIGURES[n]) for n, p in figs.items()}, params={"a": "1"}))
+    assert page.count("data:image/png;base64,") == len(figures.FIGURES) and "table-probe" in page
+
+
 # --- the simulated area end to end -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def evaluated(tiny_area, tmp_path_factory):

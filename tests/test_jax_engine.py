@@ -196,15 +196,18 @@ def test_same_start_gives_the_keras_engines_loss_curves(base_hp):
 def test_own_initialisation_and_dropout_match_the_keras_engine_statistically(base_hp):
     from soilmoisture.model import keras_engine
 
-    # Different random streams (init, dropout), so compare the distribution over 8 models: the mean
-    # curves must agree within 25 % and the per-model validation MAE ranges must overlap.
+    # Different random streams (init, dropout), so compare the distributions over 8 models: per epoch,
+    # the mean curves must agree within 3 standard errors of their difference (+ 0.005 m3/m3), the
+    # final means within 25 %, and the per-model final validation MAE ranges must overlap.
     hp = _hp(base_hp, dropout=0.1, clr_base_lr=1e-3, clr_max_lr=1e-2, clr_step_size=4)
     req = _request(hp, 8, epochs=4)
     ref = keras_engine.fit_many(req)
     got = jax_engine.fit_many(req, processes=1, group_size=4)
     for name in ("train_loss", "val_loss"):
-        mk, mj = getattr(ref, name).mean(0), getattr(got, name).mean(0)
-        np.testing.assert_allclose(mj, mk, rtol=0.25, err_msg=name)
+        k, j = getattr(ref, name), getattr(got, name)
+        se = np.sqrt(k.var(0, ddof=1) / len(k) + j.var(0, ddof=1) / len(j))
+        assert np.all(np.abs(j.mean(0) - k.mean(0)) <= 3 * se + 0.005), (name, j.mean(0), k.mean(0), se)
+        assert j[:, -1].mean() == pytest.approx(k[:, -1].mean(), rel=0.25), name
     vk, vj = ref.val_loss[:, -1], got.val_loss[:, -1]
     assert vj.min() < vk.max() and vk.min() < vj.max()
 

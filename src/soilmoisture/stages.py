@@ -54,7 +54,29 @@ def train(params: Params) -> Any:
         from soilmoisture.protocol.tune import apply_best
 
         params = apply_best(params)
-    return run(params)
+    run_id = run(params)
+    _write_train_metrics(params, run_id)
+    return run_id
+
+
+def _write_train_metrics(params: Params, run_id: str) -> None:
+    """``reports/train/metrics.json``: the parent run's aggregate metrics, for `dvc metrics show/diff`."""
+    import json
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from soilmoisture import tracking
+
+    tracking.configure(params)
+    run = MlflowClient().get_run(run_id)
+    out = params.path(params.paths.reports) / "train" / "metrics.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"run_id": run_id, "variant": params.variant.name, "data_source": params.data.source,
+           "mode": params.protocol.mode, "metrics": dict(sorted(run.data.metrics.items()))}
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, out)
 
 
 def tune(params: Params) -> dict[str, Any]:

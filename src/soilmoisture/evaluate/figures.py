@@ -30,10 +30,26 @@ COLOURS = {MODEL: "#1b9e9e", "ecv_sm": "#7570b3", "csm": "#c51b7d", "obs": "#e67
 SSM_UNIT = "m³/m³"
 
 
+DENSE_POINTS = 5000   # above this many points a scatter saturates: draw a log-density hexbin instead
+
+
 def _panels(paired: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
-    """(estimator, day set, rows) for the model on all days and each product on its own days."""
+    """(estimator, day set, rows) for the model on all days (every repeat) and each product on its own days.
+
+    A product is the same in every protocol repeat, so only the first repeat's rows are drawn for it.
+    """
+    first = paired[paired["repeat"] == paired["repeat"].min()] if len(paired) else paired
     return [(MODEL, "all", paired[day_mask(paired, "all")])] + \
-           [(p, p, paired[day_mask(paired, p)]) for p in DAY_SETS if p != "all"]
+           [(p, p, first[day_mask(first, p)]) for p in DAY_SETS if p != "all"]
+
+
+def _points(fig: Any, ax: Any, x: np.ndarray, y: np.ndarray, colour: str, hi: float) -> None:
+    """A scatter for few points, a log-count hexbin (with colour bar) for many."""
+    if len(x) > DENSE_POINTS:
+        hb = ax.hexbin(x, y, gridsize=60, extent=(0, hi, 0, hi), bins="log", mincnt=1, cmap="viridis")
+        fig.colorbar(hb, ax=ax, shrink=0.75, label="points per cell")
+    else:
+        ax.scatter(x, y, s=5, alpha=0.35, color=colour, edgecolors="none", rasterized=True)
 
 
 def _mpl() -> Any:
@@ -49,14 +65,14 @@ def scatter_obs_pred(paired: pd.DataFrame, overall: pd.DataFrame, variant: str) 
     """Observed (x) vs predicted (y) SSM, one panel per estimator, with n, MAE and Pearson r (Figs. 24-25)."""
     plt = _mpl()
     panels = _panels(paired)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
     hi = max(0.6, float(np.nanmax(paired[["ssm", MODEL, *PRODUCT_LABELS]].to_numpy(float), initial=0.0)) * 1.05) \
         if len(paired) else 0.6
     for ax, (est, ds, rows) in zip(axes[0], panels):
         row = overall[(overall["days"] == ds) & (overall["estimator"] == est)]
         m = row.iloc[0] if len(row) else None
         if len(rows):
-            ax.scatter(rows["ssm"], rows[est], s=4, alpha=0.25, color=COLOURS[est], edgecolors="none", rasterized=True)
+            _points(fig, ax, rows["ssm"].to_numpy(float), rows[est].to_numpy(float), COLOURS[est], hi)
         else:
             ax.text(0.5, 0.5, "no common days", ha="center", transform=ax.transAxes)
         ax.plot([0, hi], [0, hi], color="0.3", lw=0.8, ls="--", label="1:1")
@@ -68,10 +84,12 @@ def scatter_obs_pred(paired: pd.DataFrame, overall: pd.DataFrame, variant: str) 
         days = "all observed days" if ds == "all" else f"{PRODUCT_LABELS[ds]} days"
         ax.set_title(f"{label(est, variant)} ({days})", fontsize=10)
         if m is not None:
-            ax.text(0.03, 0.97, f"MAE = {m['mae']:.4f} {SSM_UNIT}\nr = {m['pearson_r']:.2f}\nn = {int(m['n'])}",
+            ax.text(0.03, 0.97, f"MAE = {m['mae']:.4f} {SSM_UNIT}\nr = {m['pearson_r']:.2f}\nn = {int(m['n'])} days",
                     transform=ax.transAxes, va="top", fontsize=9,
                     bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
-    fig.suptitle("Observed vs predicted surface soil moisture")
+    reps = paired["repeat"].nunique() if len(paired) else 0
+    fig.suptitle("Observed vs predicted surface soil moisture"
+                 + (f" (model: all {reps} repeats drawn)" if reps > 1 else ""))
     fig.tight_layout()
     return fig
 
@@ -111,7 +129,7 @@ def error_density_weekly(paired: pd.DataFrame, variant: str, bin_width: float = 
         ax.set_ylim(-lim, lim)
         ax.axhline(0, color="0.3", lw=0.6)
         days = "all observed days" if ds == "all" else f"{PRODUCT_LABELS[ds]} days"
-        ax.set_title(f"{label(est, variant)} ({days}, n = {len(rows)})", fontsize=10)
+        ax.set_title(f"{label(est, variant)} ({days}, {len(rows)} points)", fontsize=10)
         ax.set_ylabel(f"error ({SSM_UNIT})")
     axes[-1, 0].set_xlabel("date (weekly bins)")
     if mesh is not None:
@@ -172,7 +190,8 @@ def mae_by_region(by_region: pd.DataFrame, variant: str) -> Any:
     for j, (est, ds) in enumerate(bars):
         sel = by_region[(by_region["days"] == ds) & (by_region["estimator"] == est)].set_index("region")
         vals = sel["mae"].reindex(regions).to_numpy(float)
-        ax.bar(np.arange(len(regions)) - 0.4 + w * (j + 0.5), np.nan_to_num(vals), width=w * 0.95,
+        ok = np.isfinite(vals)  # a region without product days gets no bar (not a bar of height 0)
+        ax.bar((np.arange(len(regions)) - 0.4 + w * (j + 0.5))[ok], vals[ok], width=w * 0.95,
                color=COLOURS[est], label=label(est, variant) + ("" if ds == "all" else f" ({PRODUCT_LABELS[ds]} days)"))
     ax.set_xticks(range(len(regions)), regions)
     ax.set_ylabel(f"MAE ({SSM_UNIT})")
@@ -196,9 +215,11 @@ def probe_series(paired: pd.DataFrame, daily: pd.DataFrame, probe: str, variant:
     model = rows.groupby("date")[MODEL].mean()
     fig, axes = plt.subplots(3, 1, figsize=(11, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3, 1.3]})
     ax = axes[0]
-    obs = d.set_index("date")["ssm"] if "ssm" in d else pd.Series(dtype=float)
+    # observed SSM as the protocol scored it (NaN days break the line rather than being bridged)
+    obs = rows[rows["repeat"] == rows["repeat"].min()].set_index("date")["ssm"] if len(rows) else model
     ax.plot(obs.index, obs.to_numpy(float), ls="--", color=COLOURS["obs"], lw=1.3, label="observed (probe)")
-    ax.plot(model.index, model.to_numpy(float), color=COLOURS[MODEL], lw=1.5, label=f"{label(MODEL, variant)} predicted")
+    ax.plot(model.index, model.to_numpy(float), color=COLOURS[MODEL], lw=1.5,
+            label=f"{label(MODEL, variant)} predicted")
     for p in PRODUCT_LABELS:
         if p in d and d[p].notna().any():
             ax.plot(d["date"], d[p], ".", ms=3, color=COLOURS[p], alpha=0.7, label=PRODUCT_LABELS[p])

@@ -45,6 +45,8 @@ def latest_protocol_runs(client: Any, experiment_id: str, source: str, mode: str
 
 
 def _download_parquet(client: Any, run_id: str, artifact: str, folder: Path) -> pd.DataFrame:
+    """One Parquet artifact of a run, read into a frame (DataError naming the run and artifact)."""
+    folder.mkdir(parents=True, exist_ok=True)
     try:
         local = client.download_artifacts(run_id, artifact, str(folder))
     except Exception as e:  # MlflowException / OSError: say which run and artifact

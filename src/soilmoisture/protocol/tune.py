@@ -12,7 +12,7 @@ that is clearly worse than the median of the finished ones at the same epoch.
 The study lives in a database (``tune.storage``; SQLite by default, any SQLAlchemy URL for workers on
 several machines): a run resumes after an interruption and several processes (:func:`worker`) share it.
 Workers beat a heartbeat; a trial whose worker was killed is failed after ``tune.grace_seconds`` and
-re-queued with the same parameters (``RetryFailedTrialCallback``). Every trial is a nested MLflow run
+re-queued with the same parameters (``RetryHeartbeatStaleTrialCallback``). Every trial is a nested MLflow run
 under one tuning parent run (experiment ``soilmoisture/<source>/tuning``).
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ def study_lock(url: str) -> Iterator[None]:
 def open_study(params: Params) -> Any:
     """Create or load (``load_if_exists``) the study ``tune.study_name`` in ``tune.storage`` (minimising)."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     url = storage_url(params)
     t = params.tune
@@ -102,7 +102,7 @@ def open_study(params: Params) -> Any:
         try:
             storage = RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=t.heartbeat_seconds,
                                  grace_period=t.grace_seconds,
-                                 failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
         except Exception as e:  # SQLAlchemy raises many kinds; name the backend, hide a password
             from soilmoisture.errors import BackendError
 
@@ -342,17 +342,18 @@ def _next_trial(study: Any, target: int) -> Any | None:
         return study.ask()
 
 
-def worker(params: Params, n_trials: int | None = None) -> list[int]:
+def worker(params: Params, n_trials: int | None = None, study: Any | None = None) -> list[int]:
     """Run trials of the shared study until it holds ``n_trials`` (default ``tune.n_trials``) live trials.
 
     Several processes (or machines, with a server ``tune.storage``) may run this at once; each returns
     the numbers of the trials it ran. Failed and killed trials do not count; killed ones are re-queued.
+    ``study``: an already opened :func:`open_study` (else opened here).
     """
     from optuna.trial import TrialState
 
     target = n_trials or params.tune.n_trials
     url = storage_url(params)
-    study = open_study(params)
+    study = study or open_study(params)
     storage = study._storage  # the RDBStorage built in open_study (heartbeats)
     with study_lock(url):
         # Under the lock: workers starting together would race to create the MLflow store and experiment.
@@ -588,6 +589,7 @@ def save_plots(study: Any, folder: Path) -> dict[str, str]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)  # e.g. matplotlib on a parameter with one value
                 ax = fn(study)
             fig = (np.ravel(ax)[0] if isinstance(ax, np.ndarray) else ax).figure
             path = folder / f"{name}.png"
@@ -630,8 +632,8 @@ def finalise(params: Params, study: Any | None = None) -> dict[str, Any]:
     best = study.best_trial
     doc = best_params_document(study, best)
     best_path = params.path(params.tune.best_params_path)
-    _write_text(best_path, "# Written by `soilmoisture tune`; used by `soilmoisture train --set model.from_tuning=true`\n"
-                + yaml.safe_dump(doc, sort_keys=False))
+    header = "# Written by `soilmoisture tune`; used by `soilmoisture train --set model.from_tuning=true`\n"
+    _write_text(best_path, header + yaml.safe_dump(doc, sort_keys=False))
     plots = save_plots(study, reports)
     missing = {k: v for k, v in plots.items() if v.startswith("not drawn")}
     if missing:
@@ -640,7 +642,8 @@ def finalise(params: Params, study: Any | None = None) -> dict[str, Any]:
     now = int(time.time() * 1000)
     client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items() if math.isfinite(v)])
     client.set_tag(parent, "best_trial", str(best.number))
-    for path in [reports / "summary.md", best_path] + [Path(v) for v in plots.values() if not v.startswith("not drawn")]:
+    drawn = [Path(v) for v in plots.values() if not v.startswith("not drawn")]
+    for path in [reports / "summary.md", best_path, *drawn]:
         client.log_artifact(parent, str(path), "tuning")
     client.set_terminated(parent, "FINISHED")
     result.update({"best_trial": best.number, "best_value": float(best.value), "best_params": doc["model"],
@@ -657,7 +660,7 @@ def run(params: Params) -> dict[str, Any]:
     workers; each finishes by rewriting the results from the study's state, so the last one is complete.
     """
     study = open_study(params)
-    trials = worker(params)
+    trials = worker(params, study=study)
     result = finalise(params, study)
     result["trials_run"] = trials
     return result
