@@ -108,3 +108,24 @@ def test_ecv_sm_fill_cells_are_nan(shared_data):
         lat, lon = ds["lat"].to_numpy(), ds["lon"].to_numpy()
     probes = pd.DataFrame({"probe_id": ["fill"], "lat": [lat[fill_iy]], "lon": [lon[fill_ix]]})
     assert read_ecv_file(f, probes)["ecv_sm"].isna().all()
+
+
+def test_remedhus_packing_noise_below_zero_precipitation_reads_as_no_rain(shared_data):
+    from soilmoisture.sources.remedhus import read_remedhus
+
+    raw = pd.read_csv(shared_data / "remedhus" / "SM_Data_REMEDHUS.csv")
+    assert (raw["total_precipitation"] < 0).any()  # the real export has ERA5 packing noise
+    daily, _ = read_remedhus(shared_data / "remedhus" / "SM_Data_REMEDHUS.csv")
+    assert (daily["precip_mm"].dropna() >= 0).all()
+
+
+def test_clearly_negative_precipitation_is_an_error_naming_the_column(shared_data, tmp_path):
+    from soilmoisture.errors import DataError
+    from soilmoisture.sources.remedhus import read_remedhus
+
+    raw = pd.read_csv(shared_data / "remedhus" / "SM_Data_REMEDHUS.csv", dtype=str)
+    raw.loc[3, "total_precipitation"] = "-0.002"
+    bad = tmp_path / "SM_Data_REMEDHUS.csv"
+    raw.to_csv(bad, index=False)
+    with pytest.raises(DataError, match=r"total_precipitation.*negative precipitation -0.002 m"):
+        read_remedhus(bad)

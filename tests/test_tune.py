@@ -210,3 +210,44 @@ def test_a_tuning_result_with_an_out_of_range_value_fails_like_params_yaml(make_
     best.write_text("model:\n  cell: lstm\n  dropout: 1.5\n")
     with pytest.raises(ConfigError, match=r"'model.dropout'"):
         tune.apply_best(params)
+
+
+# --- the summary and the plots (no training) ----------------------------------------------------------
+def _trial(number: int, cell: str, value: float | None, layers: int = 2, units: int = 16, **attrs):
+    import optuna
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.PRUNED
+    t = optuna.trial.create_trial(
+        state=state, value=value, params={"cell": cell, "layers": layers, "units": units},
+        distributions={"cell": CategoricalDistribution(["lstm", "gru", "conv1d"]), "layers": IntDistribution(1, 3),
+                       "units": IntDistribution(8, 64, log=True)},
+        user_attrs=attrs, intermediate_values={0: value if value is not None else 0.3})
+    t.number = number
+    return t
+
+
+def test_summary_names_the_winning_cell_and_size_and_its_margin_over_the_next_cell_and_the_thesis_model():
+    from soilmoisture.protocol.tune import summarise
+
+    trials = [_trial(0, "lstm", 0.080, baseline="model"), _trial(1, "lstm", 0.050, layers=1, units=32),
+              _trial(2, "gru", 0.070), _trial(3, "gru", 0.090), _trial(4, "conv1d", None)]
+    text, metrics = summarise(trials, "s", 5, ["P01"])
+    assert "**1 x LSTM(32)** wins (trial 1, mean validation MAE 0.0500 m³/m³)" in text
+    assert "gru (2 x GRU(16)), is 0.0200 m³/m³ worse (40.0 %)" in text
+    assert "scored 0.0800 (trial 0): 0.0300 m³/m³ behind the winner" in text
+    assert "| conv1d | 0 / 1 |" in text and "test probes P01 held out" in text
+    assert metrics["best_val_mae"] == 0.05 and metrics["mean_val_mae_gru"] == pytest.approx(0.08)
+    assert metrics["n_complete"] == 4 and metrics["n_pruned"] == 1
+
+
+def test_importance_plot_is_reported_missing_with_fewer_than_two_complete_trials(tmp_path: Path):
+    import optuna
+
+    from soilmoisture.protocol.tune import save_plots
+
+    study = optuna.create_study()
+    study.add_trial(_trial(0, "lstm", 0.08))
+    plots = save_plots(study, tmp_path)
+    assert Path(plots["optimization_history"]).is_file()
+    assert plots["param_importances"].startswith("not drawn: 1 complete trial(s), needs 2")

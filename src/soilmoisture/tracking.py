@@ -35,6 +35,8 @@ TAG_FAILURE = "failure_reason"
 TAG_STUDY = "optuna_study"        # tuning parent and trials: the Optuna study name
 TAG_TRIAL = "optuna_trial"        # trial runs: the trial number
 TAG_TRIAL_STATE = "optuna_state"  # trial runs: COMPLETE | PRUNED | FAIL
+TAG_BEST_TRIAL = "best_trial"     # tuning parent: the best trial's number
+ART_TUNING_DIR = "tuning"         # tuning parent: summary.md, best_params.yaml, Optuna plots
 
 # --- metrics (per fold and aggregated on the parent with the prefix "mean_" / "median_") -------
 METRICS = ("mae", "rmse", "ubrmse", "bias", "pearson_r", "n_days")

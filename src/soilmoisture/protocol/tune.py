@@ -626,7 +626,7 @@ def finalise(params: Params, study: Any | None = None) -> dict[str, Any]:
                               "n_failed": int(metrics["n_failed"]), "summary_path": str(reports / "summary.md")}
     if not done:
         _write_text(reports / "summary.md", text)
-        client.log_artifact(parent, str(reports / "summary.md"), "tuning")
+        client.log_artifact(parent, str(reports / "summary.md"), tracking.ART_TUNING_DIR)
         raise ProtocolError(f"tune: no trial of study {params.tune.study_name!r} completed; see "
                             f"{reports / 'summary.md'} (all pruned or failed)")
     best = study.best_trial
@@ -641,10 +641,10 @@ def finalise(params: Params, study: Any | None = None) -> dict[str, Any]:
     _write_text(reports / "summary.md", text)
     now = int(time.time() * 1000)
     client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items() if math.isfinite(v)])
-    client.set_tag(parent, "best_trial", str(best.number))
+    client.set_tag(parent, tracking.TAG_BEST_TRIAL, str(best.number))
     drawn = [Path(v) for v in plots.values() if not v.startswith("not drawn")]
     for path in [reports / "summary.md", best_path, *drawn]:
-        client.log_artifact(parent, str(path), "tuning")
+        client.log_artifact(parent, str(path), tracking.ART_TUNING_DIR)
     client.set_terminated(parent, "FINISHED")
     result.update({"best_trial": best.number, "best_value": float(best.value), "best_params": doc["model"],
                    "best_params_path": str(best_path), "plots": plots, "metrics": metrics})

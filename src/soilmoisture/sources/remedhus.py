@@ -35,6 +35,7 @@ COLUMNS = {  # column -> (unit in the file, harmonised name)
     "soil_moisture": ("m3/m3", "ssm"),
 }
 NODATA = ""        # empty cells
+PRECIP_NEGATIVE_TOLERANCE_MM = 0.01   # ERA5 packing noise below 0 that is read as 0 mm
 NETWORK = "REMEDHUS"
 REGION = "spain"
 # Land cover from thesis Table B1 (Canizal: 212 permanently irrigated land; the others 211).
@@ -77,6 +78,17 @@ def read_remedhus(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     df["sigma0_vv"] = db_to_linear(df["sigma0_vv"])
     df["sigma0_vh"] = db_to_linear(df["sigma0_vh"])
     df["precip_mm"] = df["precip_mm"] * 1000.0
+    # ERA5 accumulations carry tiny negative values from GRIB packing (down to ~-1e-4 mm here): they
+    # mean "no rain". Clip those to 0 and say how many; a clearly negative value is an error.
+    neg = df["precip_mm"] < 0
+    if (df.loc[neg, "precip_mm"] < -PRECIP_NEGATIVE_TOLERANCE_MM).any():
+        r = df.loc[df["precip_mm"] < -PRECIP_NEGATIVE_TOLERANCE_MM].iloc[0]
+        raise DataError(path, f"negative precipitation {r['precip_mm'] / 1000.0} m on {r['date']:%d/%m/%Y} "
+                        f"(probe {r['probe_id']})", field="total_precipitation")
+    if neg.any():
+        log.info("%s: %d days of slightly negative ERA5 precipitation (>= -%g mm) set to 0", path.name,
+                 int(neg.sum()), PRECIP_NEGATIVE_TOLERANCE_MM)
+        df.loc[neg, "precip_mm"] = 0.0
     df["network"] = NETWORK
     df["region"] = REGION
     ids = sorted(df["probe_id"].unique())
