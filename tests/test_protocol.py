@@ -278,6 +278,8 @@ def test_known_site_reports_each_probe_against_its_climatology(make_params):
     parent = c.get_run(rid)
     assert parent.data.tags["mode"] == "known_site"
     assert np.isfinite(parent.data.metrics["mean_baseline_climatology_mae"])
+    # the network before its per-site calibration is scored too, so the calibration's gain is visible
+    assert np.isfinite(parent.data.metrics["mean_baseline_uncalibrated_model_mae"])
     children = c.search_runs([parent.info.experiment_id],
                              filter_string=f"tags.mlflow.parentRunId = '{rid}' and tags.kind = 'fold'")
     assert sorted(r.data.tags["test_probe"] for r in children) == ["P00", "P01", "P02"]

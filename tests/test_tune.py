@@ -251,3 +251,19 @@ def test_importance_plot_is_reported_missing_with_fewer_than_two_complete_trials
     plots = save_plots(study, tmp_path)
     assert Path(plots["optimization_history"]).is_file()
     assert plots["param_importances"].startswith("not drawn: 1 complete trial(s), needs 2")
+
+
+def test_objective_never_looks_at_the_test_probe(tmp_path: Path):
+    import numpy as np
+
+    from soilmoisture import config
+    from soilmoisture.protocol import tune
+
+    params = config.load(_frames_params(tmp_path, {}))
+    data = tune.load_data(params)
+    hp = tune.dataclasses.replace(params.model, cell="gru", layers=1, units=4, epochs=1, batch_size=1)
+    clean = tune.train_epochwise(data.x, data.y, data.plans, data.stats, hp)
+    x, y = data.x.copy(), data.y.copy()
+    t = data.plans[0].test_idx
+    x[t], y[t] = 1e3, 0.9  # the held-out probe's inputs and SSM made absurd
+    assert np.array_equal(tune.train_epochwise(x, y, data.plans, data.stats, hp), clean)

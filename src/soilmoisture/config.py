@@ -198,6 +198,7 @@ class Protocol:
     seed: int
     engine: Literal["jax", "keras"]
     split_date: str
+    site_calibration: bool
     max_probes: int | None
 
     def _check(self, key: str) -> None:

@@ -25,6 +25,7 @@ from soilmoisture import tracking
 from soilmoisture.config import Params
 from soilmoisture.errors import DataError, ProtocolError
 from soilmoisture.protocol import baselines as bl
+from soilmoisture.protocol.calibration import site_calibration
 from soilmoisture.protocol.folds import FoldPlan, norm_stats, plan_final, plan_known_site, plan_unseen_site
 
 log = logging.getLogger(__name__)
@@ -247,6 +248,10 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
         tmean = bl.train_mean(y_fold, plan.train_idx)
         for k, p in enumerate(plan.test_idx):
             base = _baselines(pr.mode, y, tens, plan, int(p), eval_days, tmean)
+            if pr.mode == "known_site" and pr.site_calibration:
+                # The probe's own past calibrates the network (DESIGN: known site, new period).
+                base["uncalibrated_model"] = pred[k].astype(np.float64)
+                pred[k] = site_calibration(y[p], pred[k], base["climatology"], ~eval_days)
             obs = np.where(eval_days, y[p], np.nan)
             row = {"model_index": m, "probe_id": ids[p], "repeat": plan.repeat, "seed": plan.seed,
                    **all_metrics(obs, pred[k])}
