@@ -156,7 +156,7 @@ def test_a_source_without_products_still_gets_tables_figures_and_a_report(tmp_pa
 # --- the simulated area end to end -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def evaluated(tiny_area, tmp_path_factory):
-    """tiny area -> ingest -> quality gate -> protocol (keras, 1 epoch) -> ``soilmoisture evaluate`` (CLI)."""
+    """tiny area -> ingest -> quality gate -> protocol (keras, 1 epoch, 10 probes) -> ``soilmoisture evaluate``."""
     from conftest import write_params
 
     from soilmoisture import cli, config
@@ -166,7 +166,9 @@ def evaluated(tiny_area, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("evaluate") / "area"
     shutil.copytree(tiny_area, root, ignore=shutil.ignore_patterns("mlruns", "optuna"))
-    path = write_params(root, {"protocol.engine": "keras", "model.epochs": 1, "variant.name": "minimum"})
+    # half a year (spring-summer) of the tiny area keeps ingest and the 11 keras models quick
+    path = write_params(root, {"protocol.engine": "keras", "model.epochs": 1, "variant.name": "minimum",
+                               "data.start": "2017-04-01", "data.end": "2017-09-30"})
     params = config.load(path)
     harmonise(params)
     gx = root / "expectations"

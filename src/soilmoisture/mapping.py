@@ -56,6 +56,10 @@ PIXEL_STATIC = ("elevation_m", "slope_pct", "aspect_x", "aspect_y", "landcover_c
 # means the archive has a gap there, and the map stays nodata rather than guess from weather alone.
 SIGMA0_MAX_AGE_DAYS = 12
 
+PREDICT_THREADS = min(os.cpu_count() or 1, 4)   # concurrent compiled calls (pixel batches)
+COG_OVERVIEWS_MIN_PX = 2048  # overviews only for maps wider than this: on a 883-band stack they triple the COG
+                             # conversion time, and small maps are viewed at full resolution (quicklooks for a look)
+GDAL_CACHE_MB = 256          # GDAL block cache while mapping (default 5 % of RAM): memory stays bounded
 PIXEL_BATCH = 1024          # pixels per compiled call (padded); measured 256/1024/4096: 1024 fastest here
 NODATA = float("nan")       # output nodata (float32 COG)
 MAX_QUICKLOOKS = 6          # PNG quicklooks per map (days evenly spread over the period)
@@ -353,13 +357,25 @@ def predict_cube(model: MapModel, cube: Cube, batch: int = PIXEL_BATCH) -> np.nd
     out = np.empty((T, N), np.float32)
     args = (jnp.asarray(wd), jnp.asarray(r0), rest, jnp.asarray(w[-2]), jnp.asarray(w[-1]))
     wz_j = jnp.asarray(wz)
-    for s in range(0, N, batch):
+    def one(s: int) -> None:
         e = min(s + batch, N)
         xd = np.zeros((T, batch, len(d_names)), np.float32)
         xd[:, : e - s] = norm(cube.dynamic[:, s:e][:, :, d_sel], d_names)
         sz = np.zeros((batch, k0.shape[1]), np.float32)
         sz[: e - s] = sz_all[s:e]
         out[:, s:e] = np.asarray(fwd(*args, jnp.asarray(xd), wz_j, jnp.asarray(sz)))[:, : e - s]
+
+    starts = list(range(0, N, batch))
+    threads = min(PREDICT_THREADS, len(starts))
+    if threads > 1:
+        # XLA runs one call's small matmuls on one core; two calls at once use both (measured 1.5x on 2 cores).
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(one, starts))
+    else:
+        for s in starts:
+            one(s)
     out[~cube.valid] = np.nan
     return out
 
@@ -806,6 +822,7 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
                    blockysize=256, interleave="band", BIGTIFF="IF_SAFER")
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
             if truth is not None:
                 from soilmoisture.sources._raster import open_raster
 
@@ -846,9 +863,11 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
                             END_DATE=f"{req[-1]:%Y-%m-%d}", WARMUP_START=f"{series[0]:%Y-%m-%d}",
                             MODEL=model.name, FEATURES=",".join(model.features), REGION=src.region)
         t = time.perf_counter()
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
-            rio_copy(tmp_gtiff, tmp_cog, driver="COG", compress="DEFLATE", level=1, predictor=2, blocksize=256,
-                     num_threads="ALL_CPUS", BIGTIFF="IF_SAFER")
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_CACHEMAX=GDAL_CACHE_MB):
+            # ZSTD level 1 + floating-point predictor: as small as DEFLATE, faster (measured on a 100-band map).
+            rio_copy(tmp_gtiff, tmp_cog, driver="COG", compress="ZSTD", level=1, predictor=3, blocksize=256,
+                     num_threads="ALL_CPUS", BIGTIFF="IF_SAFER",
+                     overviews="AUTO" if max(H, W) > COG_OVERVIEWS_MIN_PX else "NONE")
         secs["cog"] += time.perf_counter() - t
         from soilmoisture.harmonise import file_mode
 
