@@ -39,14 +39,14 @@ def ensure_area(root: Path) -> Path:
     from soilmoisture import config
     from soilmoisture.simulate import run
 
-    params_file = root / "params.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    # Rewritten every time from the project's params.yaml (keys may have been added since the area was made).
+    params_file = write_params(root, {
+        "simulate.size": "bench", "simulate.probes_per_region": {"denmark": 0, "finland": 0, "spain": 20, "sweden": 0},
+        "simulate.start": "2016-09-20", "simulate.end": "2019-02-19", "data.start": "2016-09-20",
+        "data.end": "2019-02-19"})
     if (root / "data" / "raw" / "static" / "spain_clc.tif").is_file():
         return params_file
-    root.mkdir(parents=True, exist_ok=True)
-    write_params(root, {"simulate.size": "bench",
-                        "simulate.probes_per_region": {"denmark": 0, "finland": 0, "spain": 20, "sweden": 0},
-                        "simulate.start": "2016-09-20", "simulate.end": "2019-02-19",
-                        "data.start": "2016-09-20", "data.end": "2019-02-19"})
     t = time.perf_counter()
     run(config.load(params_file))
     log.info("simulated the bench area in %.0f s", time.perf_counter() - t)

@@ -23,6 +23,8 @@ FAST = {"tune.max_epochs": 2, "tune.space.epochs_min": 1, "tune.space.layers": [
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
+    # mlflow.set_tracking_uri() in this process exported an earlier test's store: workers use their params'
+    env.pop("MLFLOW_TRACKING_URI", None)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

@@ -215,6 +215,7 @@ class Cube:
     static_names: list[str]
     valid: np.ndarray              # (T, N) bool: the model may speak (land, every required input present)
     shape: tuple[int, int]         # (rows, cols) of the window; N = rows * cols, row-major
+    landcover: np.ndarray          # (N,) int CORINE code (-1 unknown), also when not a model input
 
     @property
     def n_pixels(self) -> int:
@@ -744,7 +745,7 @@ def build_cube(src: Sources, window: Any, dates: pd.DatetimeIndex, features: lis
         land &= np.isfinite(static).all(axis=1)
     valid &= land[None, :]
     return Cube(pd.DatetimeIndex(dates), dyn, d_names, weather, w_names, static, s_names, valid,
-                (int(window.height), int(window.width)))
+                (int(window.height), int(window.width)), lc)
 
 
 def windows(height: int, width: int, size: int, row_off: int = 0, col_off: int = 0) -> Iterator[Any]:
@@ -835,11 +836,23 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
                                            f"{start}..{end}")
             dst = stack.enter_context(rasterio.open(tmp_gtiff, "w", **profile))
             wins = list(windows(H, W, window_px, int(aoi.row_off), int(aoi.col_off)))
+
+            def cube_of(win: Any) -> Cube:
+                return build_cube(src, win, series, model.features, stat_range=stat_range, sigma0_zscore=sigma0_zscore,
+                                  sigma0_max=sigma0_max, vi_max_gap_days=vi_max_gap_days, dry_day_mm=dry_day_mm)
+
+            # The next window's cube is built in a background thread while this one is predicted (file reads and
+            # large numpy operations release the GIL); at most two cubes are alive, whatever the area.
+            from concurrent.futures import ThreadPoolExecutor
+
+            prefetch = stack.enter_context(ThreadPoolExecutor(1))
+            pending = prefetch.submit(cube_of, wins[0])
             for n_done, win in enumerate(wins, start=1):
                 t = time.perf_counter()
-                cube = build_cube(src, win, series, model.features, stat_range=stat_range, sigma0_zscore=sigma0_zscore,
-                                  sigma0_max=sigma0_max, vi_max_gap_days=vi_max_gap_days, dry_day_mm=dry_day_mm)
-                secs["features"] += time.perf_counter() - t
+                cube = pending.result()
+                if n_done < len(wins):
+                    pending = prefetch.submit(cube_of, wins[n_done])
+                secs["features"] += time.perf_counter() - t   # time waited for the cube (not hidden by prediction)
                 t = time.perf_counter()
                 pred = predict_cube(model, cube)[first:]                      # (D, N) requested days only
                 secs["predict"] += time.perf_counter() - t
@@ -851,9 +864,7 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
                 if truth_ds is not None:
                     t = time.perf_counter()
                     tr = truth_ds.read(list(range(truth_first + 1, truth_first + len(req) + 1)), window=win)
-                    lc = cube.static[:, cube.static_names.index("landcover_code")] if "landcover_code" in \
-                        cube.static_names else _static_window(src, win, [])[1]
-                    validation.add(pred, tr.reshape(len(req), -1), np.asarray(lc, np.int64))
+                    validation.add(pred, tr.reshape(len(req), -1), cube.landcover)
                     secs["truth"] += time.perf_counter() - t
                 log.info("map window %d/%d (%d x %d px, %d series days) done", n_done, len(wins), win.width,
                          win.height, len(series))
