@@ -97,12 +97,22 @@ def test_fold_seeds_are_deterministic_and_differ_per_probe_and_repeat():
 
 
 def test_normalisation_uses_observed_values_and_never_divides_by_zero():
-    from soilmoisture.protocol.folds import norm_stats
+    from soilmoisture.protocol.folds import CONSTANT_STD, norm_stats
 
     x = np.array([[[1.0, 5.0, np.nan]], [[3.0, 5.0, np.nan]], [[np.nan, 5.0, np.nan]]], np.float32)
     mean, std = norm_stats(x, np.array([0, 1, 2]))
     np.testing.assert_allclose(mean, [2.0, 5.0, 0.0])
-    np.testing.assert_allclose(std, [1.0, 1.0, 1.0])  # constant and empty features get std 1
+    np.testing.assert_allclose(std, [1.0, CONSTANT_STD, 1.0])  # empty: std 1; constant: ~infinite std
+
+
+def test_a_value_never_seen_in_a_constant_training_feature_normalises_to_zero():
+    """Land cover 212 as the test probe among 211-only training probes is no information, not an outlier."""
+    from soilmoisture.model.interface import normalise
+    from soilmoisture.protocol.folds import norm_stats
+
+    x = np.array([[[211.0]], [[211.0]], [[212.0]]], np.float32)
+    mean, std = norm_stats(x, np.array([0, 1]))
+    assert abs(normalise(x[2], mean, std)).max() < 1e-20
 
 
 def test_a_probe_without_observations_is_reported_and_skipped():

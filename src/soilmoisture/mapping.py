@@ -517,20 +517,22 @@ class Sources:
     sigma0_units: str = "linear"
     s2_mask_probability: float = 90.0
     _open: dict = field(default_factory=dict)
-    _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def dataset(self, path: Path) -> Any:
         from soilmoisture.sources._raster import open_raster
 
         ds = self._open.get(path)
         if ds is None:
-            ds = self._stack.enter_context(open_raster(path))
+            ds = open_raster(path)
+            self._open[path] = ds   # before the check, so close() releases it either way
             self.grid.check(ds, path)
-            self._open[path] = ds
         return ds
 
     def close(self) -> None:
-        self._stack.close()
+        # ds.close(), not the context manager's exit: a dataset may have been opened by the prefetch thread, and
+        # rasterio's GDAL environments are per thread.
+        for ds in self._open.values():
+            ds.close()
         self._open.clear()
 
 

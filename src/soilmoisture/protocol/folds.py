@@ -110,10 +110,16 @@ def plan_final(n_observed: np.ndarray, *, seed: int) -> FoldPlan:
                     np.array([], dtype=np.int64), None)
 
 
+CONSTANT_STD = 1.0e30   # std given to a feature constant over the training probes (normalises to ~0)
+
+
 def norm_stats(x: np.ndarray, idx: np.ndarray, day_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std (F,) over the observed values of probes ``idx`` (on days ``day_mask``).
 
-    A feature with no value gets mean 0; a std of 0 or NaN becomes 1 (so it cannot divide by zero).
+    A feature with no value gets mean 0 and std 1. A feature that is *constant* over the training probes
+    gets std ``CONSTANT_STD``: it carries no information the model could learn, and a test probe with a
+    different value (e.g. the only irrigated field, land cover 212 among 211s) must not turn into an input
+    far outside anything seen in training; normalised, it is 0 like the training values.
     """
     sub = x[np.asarray(idx, dtype=np.int64)]
     if day_mask is not None:
@@ -124,5 +130,5 @@ def norm_stats(x: np.ndarray, idx: np.ndarray, day_mask: np.ndarray | None = Non
         mean = np.where(cnt > 0, np.nansum(flat, axis=0) / np.maximum(cnt, 1), 0.0)
         var = np.where(cnt > 0, np.nansum((flat - mean) ** 2, axis=0) / np.maximum(cnt, 1), 1.0)
     std = np.sqrt(var)
-    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    std = np.where(cnt == 0, 1.0, np.where(np.isfinite(std) & (std > 0), std, CONSTANT_STD))
     return mean.astype(np.float32), std.astype(np.float32)
