@@ -304,8 +304,9 @@ def _forward_fn(layers: int, units: int) -> Any:
             z = jnp.dot(x_t, wd) + w_t[None, :] + sz + jnp.dot(hs[0], r0)
             hh, cc = cell(z, cs[0])
             new_h, new_c, u = [hh], [cc], hh
-            for l, (w, r, b) in enumerate(rest, start=1):
-                hh, cc = cell(jnp.dot(u, w) + jnp.dot(hs[l], r) + b[None, :], cs[l])
+            for l, (wr, b) in enumerate(rest, start=1):
+                # [input, own state] @ [W; U] as one matmul (as jax_engine's fused loop; ~10 % faster here)
+                hh, cc = cell(jnp.dot(jnp.concatenate([u, hs[l]], axis=1), wr) + b[None, :], cs[l])
                 new_h.append(hh)
                 new_c.append(cc)
                 u = hh
@@ -350,7 +351,8 @@ def predict_cube(model: MapModel, cube: Cube, batch: int = PIXEL_BATCH) -> np.nd
     wz = (wz + b0[None, :]).astype(np.float32)
     sz_all = norm(cube.static[:, [cube.static_names.index(n) for n in s_names]], s_names) @ k0[[idx[n] for n in s_names]]
     wd = k0[[idx[n] for n in d_names]] if d_names else np.zeros((0, k0.shape[1]), np.float32)
-    rest = [(jnp.asarray(w[3 * l]), jnp.asarray(w[3 * l + 1]), jnp.asarray(w[3 * l + 2])) for l in range(1, model.layers)]
+    rest = [(jnp.asarray(np.concatenate([w[3 * l], w[3 * l + 1]], axis=0)), jnp.asarray(w[3 * l + 2]))
+            for l in range(1, model.layers)]
     fwd = _forward_fn(model.layers, model.units)
     T, N = len(cube.dates), cube.n_pixels
     # Small windows: the next power of two (few distinct shapes, few compilations) instead of a mostly padded batch.

@@ -86,15 +86,9 @@ def mask_url(url: str) -> str:
     return re.sub(r"(?<=://)([^:/@]+):([^@]*)@", r"\1:***@", url)
 
 
-_CONFIGURED: dict[str, str] = {}  # the URI `configure` last handed to MLflow
-
-
 def tracking_uri(params: "Params") -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` with relative SQLite paths made absolute."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    # mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI: a value we set ourselves in `configure`
-    # is not the user's override and must not pin every later Params of this process to the first store.
-    uri = env if env and env != _CONFIGURED.get("uri") else params.tracking.uri
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
     m = re.match(r"^sqlite:///(?!/)(.+)$", uri)
     if m:  # relative to the project root, not the cwd (STACK-NOTES: MLflow resolves against the cwd)
         db = params.path(m.group(1)).resolve()
@@ -113,9 +107,17 @@ def configure(params: "Params") -> str:
     import mlflow
 
     uri = tracking_uri(params)
+    # mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI (and the registry variable). Keep the
+    # environment as the user set it: otherwise the first store configured in a process would pin every
+    # later Params (another project root, a test's temporary store) to it.
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    _CONFIGURED["uri"] = os.environ.get("MLFLOW_TRACKING_URI", uri)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     return uri
 
 
