@@ -11,6 +11,8 @@ normalised dense cube and extrapolated linearly to all pixels (it is linear in t
 
     .venv/bin/python benchmarks/bench_maps.py --root /tmp/bench_maps          # full tile
     .venv/bin/python benchmarks/bench_maps.py --root /tmp/bench_maps --aoi-px 250   # a quarter: memory check
+    .venv/bin/python benchmarks/bench_maps.py --root /tmp/bench_maps --memory-series 128,256,384,500 --window-px 128
+        # memory flat as the area grows: each size in a fresh process, peak RSS of it and its workers
 """
 from __future__ import annotations
 
@@ -53,13 +55,49 @@ def ensure_area(root: Path) -> Path:
     return params_file
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory (MB) of this process and of the largest of its finished child processes."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024
+
+
+def memory_series(args: argparse.Namespace) -> None:
+    """Map growing areas, each in a fresh process (independent peaks); print a Markdown table."""
+    import json
+    import subprocess
+
+    rows = []
+    for px in [int(v) for v in args.memory_series.split(",")]:
+        cmd = [sys.executable, __file__, "--root", str(args.root), "--aoi-px", str(px), "--window-px",
+               str(args.window_px), "--skip-keras", "--json", "--runner", args.runner, "--workers", str(args.workers)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads([line for line in out.splitlines() if line.startswith("{")][-1]))
+        print(rows[-1], flush=True)
+    print(f"\n`{' '.join(['.venv/bin/python', 'benchmarks/bench_maps.py', '--root', str(args.root), '--memory-series', args.memory_series, '--window-px', str(args.window_px), '--runner', args.runner])}`\n")
+    print("| area (px) | pixels | windows | wall | peak RSS |\n|---|---|---|---|---|")
+    for r in rows:
+        w, h = r["aoi_px"]
+        print(f"| {w} x {h} | {w * h:,} | {r['windows']} | {r['seconds']:.1f} s | {r['peak_rss_mb']:,} MB |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("/tmp/bench_maps"))
     ap.add_argument("--aoi-px", type=int, default=None, help="map only the top-left N x N pixels (memory check)")
     ap.add_argument("--window-px", type=int, default=256)
     ap.add_argument("--sample", type=int, default=2048, help="pixels for the plain model.predict timing")
+    ap.add_argument("--skip-keras", action="store_true", help="time the map only")
+    ap.add_argument("--runner", choices=["local", "dask_local"], default="local",
+                    help="local: this process (threads); dask_local: a LocalCluster of --workers processes")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--memory-series", default=None,
+                    help="comma-separated AOI sizes (px): map each in a fresh process and report its peak RSS")
+    ap.add_argument("--json", action="store_true", help="print one JSON line of results (used by --memory-series)")
     args = ap.parse_args()
+    if args.memory_series:
+        memory_series(args)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     from rasterio.windows import Window
@@ -83,10 +121,23 @@ def main() -> None:
     model = mapping.MapModel(init_weights(7, len(feats), params.model), feats, mean, std, name="bench-mappable")
 
     t0 = time.perf_counter()
+    runner = config.Runner(kind=args.runner, address=None, n_workers=args.workers)
     res = mapping.make_map(model, src, args.root / "maps" / "bench.tif", start=params.data.start, end=params.data.end,
-                           warmup_start=params.data.start, stat_range=stat, window_px=args.window_px, aoi=aoi)
+                           warmup_start=params.data.start, stat_range=stat, window_px=args.window_px, aoi=aoi,
+                           runner=runner)
     t_map = time.perf_counter() - t0
-    rss_map = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_map = peak_rss_mb()
+    if args.json:
+        import json
+
+        print(json.dumps({"aoi_px": [int(aoi.width), int(aoi.height)], "window_px": args.window_px,
+                          "windows": -(-int(aoi.width) // args.window_px) * -(-int(aoi.height) // args.window_px),
+                          "seconds": round(t_map, 1), "peak_rss_mb": round(rss_map)}))
+    if args.skip_keras:
+        src.close()
+        print(f"map {int(aoi.width)} x {int(aoi.height)} px: {t_map:.1f} s wall "
+              f"({', '.join(f'{k} {v:.1f} s' for k, v in res.seconds.items())}); peak RSS {rss_map:.0f} MB")
+        return
 
     # Plain Keras model.predict on a sample of the same pixels (dense normalised cube), extrapolated.
     from soilmoisture.model.interface import normalise
@@ -113,18 +164,18 @@ def main() -> None:
     print(f"\nmap {int(aoi.width)} x {int(aoi.height)} px x {days} days: {t_map:.1f} s wall "
           f"({', '.join(f'{k} {v:.1f} s' for k, v in res.seconds.items())}); peak RSS {rss_map:.0f} MB")
     print(f"plain keras model.predict: {t_keras_sample:.1f} s for {len(x)} pixels -> {t_keras:.0f} s for {n_px} "
-          f"(extrapolated); ratio (whole map pipeline vs predict alone) {t_keras / t_map:.1f}x, "
-          f"JAX prediction alone vs predict {t_keras / res.seconds['predict']:.1f}x; max |jax - keras| {diff:.2e}")
+          f"(extrapolated); ratio (whole map pipeline vs predict alone) {t_keras / t_map:.1f}x; "
+          f"max |jax - keras| {diff:.2e}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load[0]:.1f} at the end")
-    print("\n| command | pixels x days | map wall (features / predict / write / COG) | plain model.predict "
-          "(extrapolated) | ratio | peak RSS |\n|---|---|---|---|---|---|")
     s = res.seconds
+    phases = " / ".join(f"{k} {v:.1f}" for k, v in s.items() if v > 0)
+    alone = f" (predict alone {t_keras / s['predict']:.1f}x)" if s.get("predict", 0) > 0 else ""
+    print("\n| command | pixels x days | map wall (phases, s) | plain model.predict (extrapolated) | ratio | peak RSS |"
+          "\n|---|---|---|---|---|---|")
     print(f"| `.venv/bin/python benchmarks/bench_maps.py --root {args.root}"
-          f"{f' --aoi-px {args.aoi_px}' if args.aoi_px else ''}` | {n_px:,} x {days} | {t_map:.1f} s "
-          f"({s['features']:.1f} / {s['predict']:.1f} / {s['write']:.1f} / {s['cog']:.1f}) | {t_keras:.0f} s "
-          f"({len(x)} px in {t_keras_sample:.1f} s) | {t_keras / t_map:.1f}x (predict alone {t_keras / s['predict']:.1f}x) "
-          f"| {rss_map:.0f} MB |")
-
+          f"{f' --aoi-px {args.aoi_px}' if args.aoi_px else ''} --runner {args.runner}` | {n_px:,} x {days} | "
+          f"{t_map:.1f} s ({phases}) | {t_keras:.0f} s ({len(x)} px in {t_keras_sample:.1f} s) | "
+          f"{t_keras / t_map:.1f}x{alone} | {rss_map:.0f} MB |")
 
 if __name__ == "__main__":
     main()

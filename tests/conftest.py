@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest_plugins = ["conftest_prefect"]  # one temporary Prefect API per session (tests/conftest_prefect.py)
+pytest_plugins = ["conftest_prefect", "conftest_postgres"]  # one temporary Prefect API per session
+# (tests/conftest_prefect.py); PostgreSQL URL and per-test databases (tests/conftest_postgres.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

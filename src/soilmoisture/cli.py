@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:  # Prefect's client (Dask runners) logs every API request at INFO
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         from soilmoisture import config
 

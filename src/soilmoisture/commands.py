@@ -26,9 +26,23 @@ def command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None])
 
 def _register_builtin() -> None:
     """Commands whose modules are light to import (heavy imports stay in their handlers)."""
+    from soilmoisture import backends
     from soilmoisture.protocol import predict
 
     command("predict", predict.add_arguments)(predict.handle)
+    command("backends", backends.add_arguments)(backends.handle)
+    command("deliver", _deliver_arguments)(_deliver)
+
+
+def _deliver_arguments(p: argparse.ArgumentParser) -> None:
+    """deliver the next N days of held-back simulated Sentinel scenes into paths.landing (docs/retrain.md)"""
+    p.add_argument("--days", type=int, default=30, help="days of scenes to deliver (default: 30)")
+
+
+def _deliver(params: Params, args: argparse.Namespace) -> Any:
+    from soilmoisture.simulate.deliver import run
+
+    return run(params, args.days)
 
 
 _register_builtin()

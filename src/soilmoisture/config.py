@@ -75,10 +75,13 @@ class Simulate:
     probes_per_region: dict[str, int]
     tile_px: dict[str, int]
     pixel_m: float
+    # days simulated past `end` whose S1/S2 scenes are held back for `soilmoisture deliver` (docs/retrain.md)
+    hold_back_days: int = 0
 
     def _check(self, key: str) -> None:
         if _date(f"{key}.start", self.start) >= _date(f"{key}.end", self.end):
             raise ConfigError(f"{key}.end", f"must be after start ({self.start})")
+        _range(f"{key}.hold_back_days", self.hold_back_days, 0, 3650)
         for region, n in self.probes_per_region.items():
             if region not in REGIONS:
                 raise ConfigError(f"{key}.probes_per_region.{region}", f"unknown region; allowed: {', '.join(REGIONS)}")
@@ -313,13 +316,31 @@ class Map:
 
 @dataclass(frozen=True)
 class Retrain:
-    cron: str
-    margin_mae: float
+    """Scheduled retraining with champion/challenger promotion (src/soilmoisture/retrain.py, docs/retrain.md)."""
+
+    cron: str                     # schedule of the served deployment (5 fields, UTC)
+    margin_mae: float             # promote iff champion MAE - challenger MAE >= margin (m3/m3; < 0 favours fresh models)
+    min_age_seconds: float        # a landing file unchanged for less than this is still being written
+    variant: str | None           # the variant retrained and compared (None = variant.name)
+    io_retries: int               # Prefect retries of the IO steps (never for bad data or a failed gate)
+    io_retry_delay_seconds: float
+    dvc_stages: list[str]         # stages `dvc commit -f` records after new data is accepted ([] = no DVC)
+    deployment: str               # name of the served deployment (flow "retrain")
 
     def _check(self, key: str) -> None:
         if len(self.cron.split()) != 5:
             raise ConfigError(f"{key}.cron", f"{self.cron!r} is not a 5-field cron expression")
-        _range(f"{key}.margin_mae", self.margin_mae, 0.0, 1.0)
+        import re
+
+        # Prefect validates the full grammar when the deployment is built; this catches typos before any work.
+        if not all(re.fullmatch(r"[0-9A-Za-z*/,\-?]+", f) for f in self.cron.split()):
+            raise ConfigError(f"{key}.cron", f"{self.cron!r} is not a valid cron expression")
+        _range(f"{key}.margin_mae", self.margin_mae, -1.0, 1.0)
+        _range(f"{key}.min_age_seconds", self.min_age_seconds, 0.0, 7 * 86_400.0)
+        _range(f"{key}.io_retries", self.io_retries, 0, 100)
+        _range(f"{key}.io_retry_delay_seconds", self.io_retry_delay_seconds, 0.0, 3600.0)
+        if not self.deployment.strip() or "/" in self.deployment:
+            raise ConfigError(f"{key}.deployment", f"{self.deployment!r} must be a non-empty name without '/'")
 
 
 @dataclass(frozen=True)
@@ -356,6 +377,9 @@ class Params:
     def _check(self, key: str) -> None:
         if self.variant.name not in self.variants:
             raise ConfigError("variant.name", f"unknown variant {self.variant.name!r}; allowed: {', '.join(self.variants)}")
+        if self.retrain.variant is not None and self.retrain.variant not in self.variants:
+            raise ConfigError("retrain.variant", f"unknown variant {self.retrain.variant!r}; allowed: "
+                                                 f"{', '.join(self.variants)}")
 
     @property
     def variant_spec(self) -> VariantSpec:

@@ -10,6 +10,18 @@ from pathlib import Path
 class SoilMoistureError(Exception):
     """Base class: every error the platform raises on purpose."""
 
+    def __reduce__(self) -> tuple:
+        # Pickled as (class, message, attributes), not by re-calling __init__ (whose arguments differ from the
+        # message): an error raised in a Dask worker process reaches the caller as itself (soilmoisture.runner).
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> SoilMoistureError:
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
 
 class ConfigError(SoilMoistureError):
     """A parameter is unknown, missing or out of range. ``key`` is its dotted name."""

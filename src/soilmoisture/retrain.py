@@ -523,7 +523,7 @@ def start_record(params: Params, tag: str) -> str:
                  "retrain.variant": retrain_variant(params), "data.end_before": params.data.end,
                  "protocol.mode": params.protocol.mode, "protocol.max_probes": params.protocol.max_probes}.items():
         client.log_param(rid, k, str(v))
-    client.log_dict(rid, params.to_dict(), tracking.ART_CONFIG)
+    client.log_dict(rid, tracking.masked_params(params.to_dict()), tracking.ART_CONFIG)
     return rid
 
 

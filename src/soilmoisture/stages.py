@@ -12,6 +12,13 @@ from soilmoisture.config import Params
 log = logging.getLogger(__name__)
 
 
+def _preflight(params: Params, stage: str) -> None:
+    """Fail before any work when a backend the stage needs (MLflow, Optuna storage) does not answer."""
+    from soilmoisture.backends import preflight
+
+    preflight(params, stage)
+
+
 def simulate(params: Params) -> None:
     """Generate the simulated study area under ``paths.raw`` (and its truth under ``paths.truth``)."""
     from soilmoisture.simulate import run
@@ -50,6 +57,7 @@ def train(params: Params) -> Any:
     """
     from soilmoisture.protocol.run import run
 
+    _preflight(params, "train")
     if params.model.from_tuning:
         from soilmoisture.protocol.tune import apply_best
 
@@ -83,6 +91,7 @@ def tune(params: Params) -> dict[str, Any]:
     """Optuna search (thesis 3.3.1) on LOO validation probes; writes ``tune.best_params_path`` and a summary."""
     from soilmoisture.protocol.tune import run
 
+    _preflight(params, "tune")
     return run(params)
 
 
@@ -90,6 +99,7 @@ def map_(params: Params) -> Any:
     """Daily SSM maps (COG + quicklooks) of ``map.region`` with the registered model; validated on the simulated area."""
     from soilmoisture.mapping import run
 
+    _preflight(params, "map")
     return run(params)
 
 

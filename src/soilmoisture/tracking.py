@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from soilmoisture.config import Params
@@ -72,6 +72,17 @@ MODEL_ARTIFACT = "model"                # final run: the logged Keras model
 CHAMPION_ALIAS = "champion"
 
 
+# --- scheduled retraining (soilmoisture.retrain, kind=retrain) ---------------------------------
+TAG_DECISION = "decision"               # no_new_scenes | rejected | promoted | kept | first_model | failed
+TAG_CHALLENGER_RUN = "challenger_run_id"  # the challenger's protocol run
+TAG_CHAMPION_RUN = "champion_run_id"      # the champion's protocol run it was compared with
+TAG_QUALITY_RUN = "quality_run_id"        # the gate's run on the staged data
+TAG_CHAMPION_BEFORE = "champion_before"   # "<registered name>/<version>" (or "-")
+TAG_CHAMPION_AFTER = "champion_after"
+MODEL_VERSION_DECISION = "retrain_decision"  # tag on a challenger's model version
+ART_RETRAIN_DIR = "retrain"             # scenes.json (accepted/incomplete/ignored) and decision.json
+
+
 def baseline_metric(baseline: str, metric: str) -> str:
     """A baseline's metric name, e.g. ``baseline_train_mean_mae`` (parent: ``mean_baseline_train_mean_mae``)."""
     return f"baseline_{baseline}_{metric}"
@@ -82,8 +93,22 @@ def registered_model_name(prefix: str, variant: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """Hide a password in a database/server URL: ``postgresql://u:***@host/db``."""
-    return re.sub(r"(?<=://)([^:/@]+):([^@]*)@", r"\1:***@", url)
+    """Hide passwords in a URL, or in text containing URLs: ``postgresql://u:***@host/db``.
+
+    The password runs to the last ``@`` before the host (it may contain ``@``, never ``/`` or spaces), so
+    ``host:5000/x a@b`` is not mistaken for credentials; ``?password=`` query values are hidden too.
+    """
+    masked = re.sub(r"(?<=://)([^:/@\s]+):([^/\s]*)@", r"\1:***@", url)
+    return re.sub(r"(?i)([?&](?:password|passwd|pwd)=)[^&\s]*", r"\1***", masked)
+
+
+def masked_params(d: Any) -> Any:
+    """A copy of nested parameters with every password in a URL hidden (for MLflow params and artifacts)."""
+    if isinstance(d, dict):
+        return {k: masked_params(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [masked_params(v) for v in d]
+    return mask_url(d) if isinstance(d, str) else d
 
 
 def tracking_uri(params: "Params") -> str:

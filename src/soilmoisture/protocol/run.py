@@ -187,11 +187,11 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
     pr, hp, variant = params.protocol, params.model, params.variant.name
     spec = params.variant_spec
     processed = params.path(params.paths.processed)
-    flat = flatten(params.to_dict())
+    flat = flatten(tracking.masked_params(params.to_dict()))  # no password of a backend URL in MLflow
     items = [Param(k, v[:6000]) for k, v in flat.items()]
     for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
         client.log_batch(rid, params=items[i:i + 100])
-    client.log_dict(rid, params.to_dict(), tracking.ART_CONFIG)
+    client.log_dict(rid, tracking.masked_params(params.to_dict()), tracking.ART_CONFIG)
 
     daily, probes = read_processed(processed)
     client.set_tag(rid, tracking.TAG_DATA_HASH, processed_data_hash(params.root, processed))
@@ -227,7 +227,7 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
     groups = [(plans + [final], stats + [final_stats], y_fold)] if pr.mode == "unseen_site" else \
              [(plans, stats, y_fold), ([final], [final_stats], y)]
     t0 = time.perf_counter()
-    results = [_fit(engine, x, y, g_plans, g_stats, g_y, hp) for g_plans, g_stats, g_y in groups]
+    results = fit_requests(engine, engine_name, [_request(x, y, *g, hp) for g in groups], params.runner)
     train_seconds = time.perf_counter() - t0
     weights = [w for r in results for w in r.weights]
     train_loss = np.concatenate([r.train_loss for r in results])
@@ -273,15 +273,80 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
     _register_final(params, client, exp_id, rid, engine_name, weights[-1], final_stats, tens, train_loss[-1])
 
 
-def _fit(engine: Any, x: np.ndarray, y: np.ndarray, plans: list[FoldPlan], stats: list, y_train: np.ndarray,
-         hp: Any) -> Any:
+def _request(x: np.ndarray, y: np.ndarray, plans: list[FoldPlan], stats: list, y_train: np.ndarray, hp: Any) -> Any:
+    """One FitRequest for ``plans`` (their statistics and seeds), training on ``y_train``."""
     from soilmoisture.model.interface import FitRequest
 
-    req = FitRequest(x=x, y=y, mean=np.stack([s[0] for s in stats]), std=np.stack([s[1] for s in stats]),
-                     train_idx=[p.train_idx for p in plans], val_idx=[p.val_idx for p in plans],
-                     seeds=np.array([p.seed for p in plans], dtype=np.int64), hp=hp,
-                     y_train=None if y_train is y else y_train)
+    return FitRequest(x=x, y=y, mean=np.stack([s[0] for s in stats]), std=np.stack([s[1] for s in stats]),
+                      train_idx=[p.train_idx for p in plans], val_idx=[p.val_idx for p in plans],
+                      seeds=np.array([p.seed for p in plans], dtype=np.int64), hp=hp,
+                      y_train=None if y_train is y else y_train)
+
+
+def fit_in_worker(engine_name: str, req: Any) -> Any:
+    """Train one chunk of models on a Dask worker (module-level: process workers pickle it by name).
+
+    A worker is one process per core already, so the jax engine trains its groups in this process.
+    """
+    engine, _ = get_engine(engine_name, req.hp.cell)
+    if engine.__name__.endswith("jax_engine"):
+        return engine.fit_many(req, processes=1)
     return engine.fit_many(req)
+
+
+def engine_group_size(engine_name: str) -> int:
+    """Models per compiled call of the engine (jax: ``SOILMOISTURE_JAX_GROUP_SIZE``, default 8; keras: 1)."""
+    if engine_name != "jax":
+        return 1
+    from soilmoisture.model import jax_engine
+
+    return jax_engine._env_int(jax_engine.ENV_GROUP_SIZE, jax_engine.DEFAULT_GROUP_SIZE)
+
+
+def split_request(req: Any, parts: list[range]) -> list[Any]:
+    """The FitRequest cut into consecutive model ranges (tensors shared, not copied)."""
+    import dataclasses
+
+    return [dataclasses.replace(req, mean=req.mean[r.start:r.stop], std=req.std[r.start:r.stop],
+                                train_idx=req.train_idx[r.start:r.stop], val_idx=req.val_idx[r.start:r.stop],
+                                seeds=req.seeds[r.start:r.stop]) for r in parts]
+
+
+def merge_results(parts: list[Any]) -> Any:
+    """FitResults of consecutive chunks of one request -> one FitResult in the request's model order."""
+    from soilmoisture.model.interface import FitResult
+
+    if len(parts) == 1:
+        return parts[0]
+    return FitResult(weights=[w for p in parts for w in p.weights],
+                     train_loss=np.concatenate([p.train_loss for p in parts]),
+                     val_loss=np.concatenate([p.val_loss for p in parts]),
+                     seconds=max(p.seconds for p in parts), info={"chunks": [p.info for p in parts]})
+
+
+def fit_requests(engine: Any, engine_name: str, reqs: list[Any], runner: Any) -> list[Any]:
+    """Train every request; one FitResult per request, models in request order.
+
+    ``runner.kind: local`` hands each request to the engine whole (its own process pool). With Dask every
+    request is cut into ``runner.n_workers`` chunks of whole engine groups (so each model trains in the same
+    group of models as locally: identical results) and all chunks run as tasks of one flow, each chunk
+    carrying the tensors once; the results are put back in request order.
+    """
+    from functools import partial
+
+    from soilmoisture.runner import chunks, is_distributed, map_in_runner
+
+    if not is_distributed(runner):
+        return [engine.fit_many(r) for r in reqs]
+    align = engine_group_size(engine_name)
+    parts, owner = [], []
+    for i, req in enumerate(reqs):
+        pieces = split_request(req, chunks(req.n_models, runner.n_workers, align))
+        parts += pieces
+        owner += [i] * len(pieces)
+    log.info("training %d models in %d chunks on runner %s", sum(r.n_models for r in reqs), len(parts), runner.kind)
+    done = map_in_runner(partial(fit_in_worker, engine_name), parts, runner, label="folds")
+    return [merge_results([d for d, o in zip(done, owner) if o == i]) for i in range(len(reqs))]
 
 
 def _baselines(mode: str, y: np.ndarray, tens: Any, plan: FoldPlan, p: int, eval_days: np.ndarray,

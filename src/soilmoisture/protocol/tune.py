@@ -52,9 +52,14 @@ _MAX_FAILED = 20                       # a worker gives up after this many faile
 
 
 # --- storage, locking, study ------------------------------------------------------------------------
+STORAGE_ENV = "SOILMOISTURE_OPTUNA_STORAGE"  # overrides tune.storage (e.g. a PostgreSQL URL with a password)
+_PG_LOCK_KEY = 0x534D54554E45  # pg_advisory_lock key of study_lock on a PostgreSQL storage ("SMTUNE")
+
+
 def storage_url(params: Params) -> str:
-    """``tune.storage`` with a relative SQLite path made absolute (against the project root); folder created."""
-    url = params.tune.storage
+    """``SOILMOISTURE_OPTUNA_STORAGE`` if set, else ``tune.storage``; a relative SQLite path is made absolute
+    (against the project root) and its folder created."""
+    url = os.environ.get(STORAGE_ENV) or params.tune.storage
     m = re.match(r"^sqlite:///(?!/)(.+)$", url)
     if m:
         db = params.path(m.group(1)).resolve()
@@ -67,13 +72,18 @@ def storage_url(params: Params) -> str:
 
 @contextlib.contextmanager
 def study_lock(url: str) -> Iterator[None]:
-    """Serialise "count the trials, then ask for one" between processes sharing an SQLite study.
+    """Serialise "count the trials, then ask for one" between processes sharing a study.
 
     Optuna has no atomic "ask only if fewer than n trials" operation; without the lock two workers
-    finishing at the same moment could both start an extra trial. For a server database (several
-    machines) there is no shared file to lock: the total may then exceed ``n_trials`` by at most the
-    number of workers minus one.
+    finishing at the same moment could both start an extra trial. SQLite: a lock file beside the database.
+    PostgreSQL (workers on several machines): a session advisory lock on the server, released by the
+    server when a killed worker's connection drops. Other databases have no lock here: the total may then
+    exceed ``n_trials`` by at most the number of workers minus one.
     """
+    if re.match(r"^postgres(ql)?(\+psycopg2)?://", url):
+        with _pg_advisory_lock(url):
+            yield
+        return
     if not url.startswith("sqlite:///"):
         yield
         return
@@ -88,6 +98,28 @@ def study_lock(url: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _pg_advisory_lock(url: str) -> Iterator[None]:
+    """Hold ``pg_advisory_lock`` on a connection of its own for the duration of the block."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 10})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("select pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+    except sa.exc.OperationalError as e:  # the server went away: name the backend, hide a password
+        from soilmoisture.backends import describe_sql_error
+        from soilmoisture.errors import BackendError
+
+        raise BackendError("optuna storage", tracking.mask_url(url), describe_sql_error(e)) from e
+    finally:
+        engine.dispose()
+
+
 def open_study(params: Params) -> Any:
     """Create or load (``load_if_exists``) the study ``tune.study_name`` in ``tune.storage`` (minimising)."""
     import optuna
@@ -95,7 +127,12 @@ def open_study(params: Params) -> Any:
 
     url = storage_url(params)
     t = params.tune
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
+    if url.startswith("sqlite:"):
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
+    elif re.match(r"^postgres(ql)?(\+psycopg2)?://", url):  # a lost server fails, not hangs; stale pool conns re-made
+        kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    else:
+        kwargs = {}
     # Under the lock: two workers creating a fresh SQLite file would both try to create its tables.
     with study_lock(url), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -104,9 +141,10 @@ def open_study(params: Params) -> Any:
                                  grace_period=t.grace_seconds,
                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
         except Exception as e:  # SQLAlchemy raises many kinds; name the backend, hide a password
+            from soilmoisture.backends import describe_sql_error
             from soilmoisture.errors import BackendError
 
-            raise BackendError("optuna storage", tracking.mask_url(url), str(e).splitlines()[0]) from e
+            raise BackendError("optuna storage", tracking.mask_url(url), describe_sql_error(e)) from e
         return optuna.create_study(study_name=t.study_name, storage=storage, direction="minimize",
                                    pruner=make_pruner(params), load_if_exists=True)
 
@@ -277,12 +315,13 @@ def ensure_parent_run(params: Params, study: Any, client: Any, exp_id: str) -> s
             tracking.TAG_STUDY: params.tune.study_name, tracking.TAG_GIT_COMMIT: tracking.git_commit(params.root)}
     run = client.create_run(exp_id, run_name=f"tune-{params.tune.study_name}", tags=tags)
     rid = run.info.run_id
-    flat = flatten({"tune": params.to_dict()["tune"], "variant": params.variant.name,
+    tune_params = {**params.to_dict()["tune"], "storage": storage_url(params)}  # the one in use (env override)
+    flat = flatten({"tune": tracking.masked_params(tune_params), "variant": params.variant.name,
                     "protocol.val_fraction": params.protocol.val_fraction, "protocol.seed": params.protocol.seed})
     items = [Param(k, v[:6000]) for k, v in flat.items()]
     for i in range(0, len(items), 100):
         client.log_batch(rid, params=items[i:i + 100])
-    client.log_dict(rid, params.to_dict(), tracking.ART_CONFIG)
+    client.log_dict(rid, tracking.masked_params(params.to_dict()), tracking.ART_CONFIG)
     study.set_user_attr(ATTR_PARENT, rid)
     return rid
 
@@ -658,9 +697,17 @@ def run(params: Params) -> dict[str, Any]:
 
     Start the same command in more terminals (or machines, with a server ``tune.storage``) to add
     workers; each finishes by rewriting the results from the study's state, so the last one is complete.
+    With a Dask ``runner`` the stage itself starts ``runner.n_workers`` workers on the same study, one
+    Dask task each (SQLite storage serves the workers of one machine; several machines need a server).
     """
+    from soilmoisture.runner import is_distributed, map_in_runner
+
     study = open_study(params)
-    trials = worker(params, study=study)
+    if is_distributed(params.runner):
+        ran = map_in_runner(worker, [params] * params.runner.n_workers, params.runner, label="tuning-workers")
+        trials = sorted(n for numbers in ran for n in numbers)
+    else:
+        trials = worker(params, study=study)
     result = finalise(params, study)
     result["trials_run"] = trials
     return result

@@ -308,7 +308,7 @@ def run(params: Params, context_root: Path | None = None) -> dict[str, Any]:
                            "quality.ssm_flag_mostly": settings.ssm_flag_mostly,
                            "quality.ecv_sm_max": settings.ecv_sm_max,
                            "quality.drop_flagged_ssm": settings.drop_flagged_ssm})
-        mlflow.log_dict(params.to_dict(), tracking.ART_CONFIG)   # the resolved configuration, with every run
+        mlflow.log_dict(tracking.masked_params(params.to_dict()), tracking.ART_CONFIG)   # the resolved configuration, with every run
         try:
             summary = check_and_publish(params.path(params.paths.interim), params.path(params.paths.processed),
                                         context_root, settings)

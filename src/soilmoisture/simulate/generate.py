@@ -36,8 +36,19 @@ _LAND, _WEATHER, _PROBES, _S1, _S2, _PRODUCTS, _ICOS, _NAMES = range(8)
 def run(params: Params) -> None:
     """Stage entry point: simulate the area configured in ``params.simulate`` into ``paths.raw``/``paths.truth``."""
     s = params.simulate
-    generate(params.path(params.paths.raw), params.path(params.paths.truth), seed=s.seed, size=s.size,
-             start=s.start, end=s.end, probes_per_region=s.probes_per_region, tile_px=s.tile, pixel_m=s.pixel_m)
+    raw, truth = params.path(params.paths.raw), params.path(params.paths.truth)
+    end = s.end
+    if s.hold_back_days:   # one longer world; its last scenes wait in <truth>/held_back (simulate/deliver.py)
+        end = str(np.datetime64(s.end, "D") + s.hold_back_days)
+    generate(raw, truth, seed=s.seed, size=s.size, start=s.start, end=end, probes_per_region=s.probes_per_region,
+             tile_px=s.tile, pixel_m=s.pixel_m)
+    if s.hold_back_days:
+        import datetime as dt
+
+        from soilmoisture.simulate.deliver import hold_back
+
+        n = hold_back(raw, truth, dt.date.fromisoformat(s.end))
+        log.info("held back %d Sentinel scenes after %s in %s (soilmoisture deliver)", n, s.end, truth)
 
 
 def _rng(seed: int, region_idx: int, component: int) -> np.random.Generator:
