@@ -30,6 +30,7 @@ TINY = {
     "data.end": "2017-12-31",
     "model.epochs": 2,
     "protocol.repeats": 1,
+    "simulate.hold_back_days": 0,   # tests that need held-back scenes set it themselves
 }
 
 
