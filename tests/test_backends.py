@@ -389,3 +389,35 @@ def test_a_sqlite_store_that_is_not_a_database_fails_the_check_and_nothing_is_cr
     assert not status.ok and status.detail.startswith("cannot open the SQLite file")
     fresh = tmp_path / "new" / "optuna.db"
     assert backends.optuna_status(f"sqlite:///{fresh}").ok and not fresh.parent.exists()
+
+
+def test_credentials_in_an_http_url_are_sent_as_basic_auth_and_a_wrong_one_is_named():
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from soilmoisture import backends
+
+    good = "Basic " + base64.b64encode(b"team:s3cret").decode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            ok = self.headers.get("Authorization") == good
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            if ok:
+                self.wfile.write(b"3.17.2")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        assert backends.http_get(f"http://team:s3cret@127.0.0.1:{port}/version", 5) == "3.17.2"
+        with pytest.raises(Exception) as e:
+            backends.http_get(f"http://team:wrong@127.0.0.1:{port}/version", 5)
+        assert "authentication failed (HTTP 401" in str(e.value) and "wrong" not in str(e.value)
+    finally:
+        server.shutdown()

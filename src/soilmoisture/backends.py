@@ -143,7 +143,18 @@ def http_get(url: str, timeout: float) -> str:
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(url, headers={"Accept": "application/json, text/plain"})
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    headers = {"Accept": "application/json, text/plain"}
+    parts = urlsplit(url)
+    if parts.username is not None:
+        # urllib cannot take user:password@host: send it as HTTP basic authentication instead.
+        cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(cred).decode()
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        url = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    req = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - a configured http(s) URL
             return resp.read(65536).decode("utf-8", "replace").strip()
