@@ -35,6 +35,31 @@ TINY = {
 
 
 @pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of a headless Chromium. Missing: fails under CI (``.ci/run`` installs it) and when
+    ``SOILMOISTURE_REQUIRE_BROWSER`` is set, else skips."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        if os.environ.get("CI") or os.environ.get("SOILMOISTURE_REQUIRE_BROWSER"):
+            pytest.fail("chromium is missing (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed")
+    return path
+
+
+def render_dom(browser: str, page: Path, profile: Path) -> str:
+    """The DOM of ``page`` after headless Chromium ran its scripts, with every network lookup refused."""
+    import subprocess
+
+    res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run",
+                          "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}",
+                          "--virtual-time-budget=3000", "--dump-dom", page.resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data folder (read-only). Missing data fails under CI instead of skipping."""
     path = Path(os.environ.get("SOILMOISTURE_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -118,6 +118,23 @@ def test_wilcoxon_pairs_probes_and_reports_n_and_p():
     assert lone["n"] == 1 and np.isnan(lone["p_value"]) and "no test possible" in cmp.wilcoxon_sentence(lone)
 
 
+def test_verdict_says_in_words_which_baseline_beats_the_model():
+    from soilmoisture.evaluate.compare import verdict
+
+    def overall(model_mae: float) -> pd.DataFrame:
+        return pd.DataFrame({"days": ["all"] * 4 + ["ecv_sm"], "mae": [model_mae, 0.036, 0.050, 0.044, 0.01],
+                             "estimator": ["model", "baseline_network_day", "baseline_train_mean",
+                                           "baseline_climatology", "ecv_sm"]})
+
+    worse = verdict(overall(0.040), "minimum")
+    assert worse == ["baseline network_day beats DLM_minimum: MAE 0.0360 against the model's 0.0400 "
+                     "(1.11x worse) on the same days."]
+    assert len(verdict(overall(0.047), "minimum")) == 2          # network_day and climatology, best first
+    better = verdict(overall(0.030), "minimum")
+    assert better == ["DLM_minimum beats every baseline: MAE 0.0300, 0.83x the best baseline "
+                      "(baseline network_day, 0.0360) on the same days."]
+
+
 def test_figures_are_labelled_pngs(tmp_path):
     from soilmoisture.evaluate import figures
 
@@ -252,6 +269,7 @@ def test_report_is_self_contained_with_every_table_and_figure(evaluated):
     assert all(s.startswith("data:image/png;base64,") for s in outline.img_src)
     assert not outline.external and "<script" not in page
     assert rid in page and "processed data (md5)" in page
+    assert "verdict" in outline.ids                              # the headline in words
 
 
 def test_second_variant_run_gives_a_paired_wilcoxon_test(evaluated):
@@ -295,11 +313,7 @@ def test_missing_run_and_unknown_probe_fail_by_name(evaluated):
         run(config.load(path, {"evaluate.figures_probe": "nowhere"}))
 
 
-def test_report_renders_in_headless_chromium(evaluated, tmp_path):
-    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing (apt-get install -y chromium)")
-        pytest.skip("chromium is not installed")
+def test_report_renders_in_headless_chromium(evaluated, tmp_path, chromium):
     params, _, _ = evaluated
     shot = tmp_path / "report.png"
     res = subprocess.run([str(ROOT / "scripts" / "check_report.sh"),

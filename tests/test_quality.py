@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import shutil
 from pathlib import Path
@@ -386,3 +387,35 @@ def test_gate_passes_on_the_simulated_tiny_area(copy_area, mlflow_store) -> None
     summary = gate.run(params, context_root=gx_copy(params.root / "expectations"))
     assert summary["success"], summary["failures"]
     assert summary["frozen_days_removed"] > 0      # the simulated Nordic winters freeze
+
+
+# --- data docs offline -------------------------------------------------------------------------------
+def test_data_docs_index_lists_runs_offline_in_chromium(tmp_path: Path, chromium: str) -> None:
+    from conftest import render_dom
+
+    gx = gx_copy(tmp_path / "gx")
+    daily, probes = make_tables()
+    good = write_interim(tmp_path / "good", daily, probes)
+    gate.check_and_publish(good, tmp_path / "processed", gx, SETTINGS)
+    bad_daily = daily.copy()
+    bad_daily.loc[bad_daily.index[5], "ssm"] = 1.7           # out of [0, 1]: the daily suite fails
+    bad = write_interim(tmp_path / "bad", bad_daily, probes)
+    with pytest.raises(QualityGateError) as err:
+        gate.check_and_publish(bad, tmp_path / "processed2", gx, SETTINGS)
+    index = gate.docs_index(gx)
+    assert str(index) in str(err.value)                       # the error names the docs' index page
+    site = index.parent
+    for page in site.rglob("*.html"):                         # nothing is fetched from the network
+        text = page.read_text()
+        assert not re.search(r"<(script|link|img)\b[^>]*(src|href)\s*=\s*[\"']https?://", text), page
+        assert "dataContextId" not in text, page
+    dom = render_dom(chromium, index, tmp_path / "profile")
+    rows = re.findall(r'<tr class="(ok|bad)">(.*?)</tr>', dom, re.S)
+    assert len(rows) == 2 * 3                                 # two gate runs x three suites, newest first
+    newest = dict(rows[:3])                                   # the failing run: only its daily suite failed
+    assert [s for s, _ in rows[:3]].count("bad") == 1
+    assert "daily" in newest["bad"] and "failed" in newest["bad"] and "ssm_within_0_1" in newest["bad"]
+    assert all(s == "ok" for s, _ in rows[3:])                # the first (passing) run
+    link = re.search(r'href="(validations/[^"]+\.html)"', dom).group(1)
+    run_dom = render_dom(chromium, site / link, tmp_path / "profile")
+    assert "fa-check-circle" in run_dom and "soilmoisture: offline" in run_dom  # icons get a visible glyph

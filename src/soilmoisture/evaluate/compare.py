@@ -153,6 +153,30 @@ def headline(overall: pd.DataFrame, variant: str) -> pd.DataFrame:
     return df.drop(columns=["estimator"])
 
 
+def verdict(overall: pd.DataFrame, variant: str) -> list[str]:
+    """The headline in words: on all observed days, is the model beaten by a baseline (by MAE)?
+
+    A soil-moisture estimate is judged against the estimates a user already has; a baseline that beats the
+    model is said first and plainly, with the ratio of the MAEs.
+    """
+    rows = overall[overall["days"] == "all"].set_index("estimator")
+    if MODEL not in rows.index or not np.isfinite(rows.loc[MODEL, "mae"]):
+        return []
+    m = float(rows.loc[MODEL, "mae"])
+    name = label(MODEL, variant)
+    base = {e: float(rows.loc[e, "mae"]) for e in rows.index
+            if e.startswith("baseline_") and np.isfinite(rows.loc[e, "mae"])}
+    if not base:
+        return []
+    better = sorted((v, e) for e, v in base.items() if v < m)
+    if better:
+        return [f"{label(e, variant)} beats {name}: MAE {v:.4f} against the model's {m:.4f} "
+                f"({m / v:.2f}x worse) on the same days." for v, e in better]
+    best_v, best_e = min((v, e) for e, v in base.items())
+    return [f"{name} beats every baseline: MAE {m:.4f}, {m / best_v:.2f}x the best baseline "
+            f"({label(best_e, variant)}, {best_v:.4f}) on the same days."]
+
+
 def table_b1(per_probe: pd.DataFrame, paired: pd.DataFrame, variant: str,
              other_variants: dict[str, pd.Series] | None = None) -> pd.DataFrame:
     """Thesis Table B1 layout: per probe MAE of each variant, CSM and ECV_SM, land cover and network.

@@ -28,6 +28,7 @@ table{border-collapse:collapse;margin:.6em 0 1em;font-size:.86em}
 th,td{border:1px solid #d0d7de;padding:.25em .55em;text-align:right}
 th{background:#eef3f6;position:sticky;top:0} td.t,th.t{text-align:left}
 tr:nth-child(even) td{background:#fafbfc}
+.verdict{font-size:1.1em;font-weight:bold;padding:.4em .6em} .verdict.bad{background:#fdecee;border-left:4px solid #b02a37} .verdict.ok{background:#eaf6ee;border-left:4px solid #146c43}
 .meta td{text-align:left} .note{color:#555;font-size:.9em} .warn{background:#fff4e5;border-left:4px solid #e6790f;
 padding:.5em 1em} figure{margin:1em 0 2em} figure img{max-width:100%;border:1px solid #ddd}
 figcaption{color:#444;font-size:.9em;margin-top:.3em} .best{font-weight:bold;color:#0b6e6e}
@@ -53,6 +54,7 @@ class ReportInput:
     params: dict[str, str]
     wilcoxon: pd.DataFrame | None = None
     wilcoxon_sentences: list[str] = field(default_factory=list)
+    verdict: list[str] = field(default_factory=list)   # the headline in words (compare.verdict)
     warnings: list[str] = field(default_factory=list)
     figures_probe: str = ""
 
@@ -122,6 +124,9 @@ def build_html(r: ReportInput) -> str:
     parts.append("<h2 id='headline'>Headline numbers</h2>"
                  "<p class='note'>Pooled over every test probe's days (protocol repeats scored separately and "
                  "averaged). Compare the model with a product only within the same day set.</p>")
+    for sentence in r.verdict:
+        cls = "verdict bad" if " beats DLM_" in sentence else "verdict ok"
+        parts.append(f"<p class='{cls}' id='verdict'>{html.escape(sentence)}</p>")
     parts.append(table_html(head, "table-headline", {"days": "days", "estimator": "estimator"},
                             text_cols=("estimator", "days")))
     parts.append("<h3>Product coverage</h3>" + table_html(

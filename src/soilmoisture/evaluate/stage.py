@@ -166,7 +166,8 @@ def run(params: Params) -> Path:
             run_id=rid, variant=variant, run_info=info, headline=cmp.headline(overall, variant), coverage=cover,
             by_region=by_region, by_landcover=by_landcover, table_b1=b1,
             figures={n: (p, figs.FIGURES[n]) for n, p in fig_paths.items()}, params=dict(main.data.params),
-            wilcoxon=wil, wilcoxon_sentences=sentences, warnings=warnings, figures_probe=probe))
+            wilcoxon=wil, wilcoxon_sentences=sentences, verdict=cmp.verdict(overall, variant), warnings=warnings,
+            figures_probe=probe))
         rep.write_html(html_text, work / REPORT_NAME)
 
         # MLflow first (the run keeps the comparison even if the local swap below fails), then the files.

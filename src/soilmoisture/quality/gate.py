@@ -21,6 +21,7 @@ import pandas as pd
 
 from soilmoisture.config import Params
 from soilmoisture.errors import DataError, QualityGateError
+from soilmoisture.quality.docs import make_offline
 from soilmoisture.quality.suites import (SUITES, GateSettings, build_checks, frames_to_validate, summarise,
                                          to_suites)
 
@@ -159,6 +160,9 @@ def validate_tables(daily: pd.DataFrame, probes: pd.DataFrame, settings: GateSet
     store = ctx.validation_results_store
     keys = [k for k in store.list_keys() if getattr(k, "run_id", None) == run_id]
     ctx.build_data_docs(resource_identifiers=keys + [ExpectationSuiteIdentifier(name=n) for n in SUITES])
+    # GX's pages load their CSS/JS from CDNs and build the index with jQuery: make them work offline.
+    gx_dir = Path(context_root) / "gx"
+    make_offline(docs_index(context_root).parent, gx_dir / "uncommitted" / "validations", list(SUITES))
     summary = summarise(checks, raw, frames)
     summary["data_docs"] = str(docs_index(context_root))
     return summary
