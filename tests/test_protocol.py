@@ -197,12 +197,22 @@ def test_mlflow_holds_the_parent_and_every_fold_with_tags_metrics_and_curves(uns
         assert np.isfinite(parent.data.metrics[m]), m
     exp = parent.info.experiment_id
     assert c.get_experiment(exp).name == tracking.experiment_name("simulated")
+    assert c.get_experiment(exp).tags[tracking.TAG_EXPERIMENT_KIND] == "custom_model_development"  # not GenAI
+    assert parent.inputs.dataset_inputs[0].dataset.digest == t[tracking.TAG_DATA_HASH][:36]
     children = c.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{rid}' and tags.kind = 'fold'")
     assert sorted(r.data.tags[tracking.TAG_TEST_PROBE] for r in children) == ["P00", "P01", "P02", "P03"]
     for r in children:
         assert r.data.tags[tracking.TAG_REPEAT] == "0" and r.data.tags["variant"] == "minimum"
         assert set(tracking.METRICS) <= set(r.data.metrics)
-        assert r.data.tags[tracking.TAG_TEST_PROBE] not in r.data.params["train_probes"].split(",")
+        assert r.data.tags[tracking.TAG_TEST_PROBE] not in r.data.tags["train_probes"].split(",")
+        # what the UI's compare view shows: hyperparameters as params, identifiers as tags, a real duration,
+        # the source command and the dataset (the published daily table, versioned by its DVC hash)
+        assert r.data.params["units"] == "16" and r.data.params["cell"] == "lstm"
+        assert not {"seed", "train_probes", "val_probes"} & set(r.data.params)
+        assert r.info.end_time - r.info.start_time >= 100          # the training window, not the logging instant
+        assert r.data.tags[tracking.TAG_SOURCE_NAME] == "soilmoisture train"
+        [ds] = r.inputs.dataset_inputs
+        assert ds.dataset.digest == t[tracking.TAG_DATA_HASH][:36] and ds.dataset.name == "simulated/processed/daily"
         curve = c.get_metric_history(r.info.run_id, "train_loss")
         assert sorted(m.step for m in curve) == [0, 1]
         assert len(c.get_metric_history(r.info.run_id, "val_loss")) == 2  # 3 others -> 1 validation probe

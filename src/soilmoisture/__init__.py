@@ -12,6 +12,7 @@ for _k, _v in {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",   # no progress bars inside the CLI's log lines
 }.items():
     _os.environ.setdefault(_k, _v)
 

@@ -146,19 +146,58 @@ def configure(params: "Params") -> str:
     return uri
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI layout ("Evaluations", traces, assistant);
+# these are model-training experiments (the value the UI's own experiment-type switch writes).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# Run tags the UI shows as the "Source" column and links to the code version.
+TAG_SOURCE_NAME, TAG_SOURCE_TYPE, TAG_SOURCE_GIT = "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit"
+DATASET_CONTEXT = "mlflow.data.context"   # dataset input tag: training | evaluation
+
+
 def ensure_experiment(params: "Params", kind: str = "protocol") -> str:
-    """Create (once) and return the id of the experiment for this data source and kind."""
+    """Create (once) and return the id of the experiment for this data source and kind.
+
+    Every experiment is marked as a model-training experiment (``mlflow.experimentKind``), including ones
+    created by an older version of the platform.
+    """
     import mlflow
 
     configure(params)
     name = experiment_name(params.data.source, kind)
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        if (exp.tags or {}).get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
+            mlflow.MlflowClient(tracking_uri(params)).set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND,
+                                                                          EXPERIMENT_KIND)
         return exp.experiment_id
     uri = tracking_uri(params)
     # A tracking server manages its own artifact root; a local store gets ours under mlruns/.
     location = artifact_location(params) + f"/{name.replace('/', '_')}" if not uri.startswith("http") else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+
+
+def source_tags(command: str, commit: str) -> dict[str, str]:
+    """The run's source as the MLflow UI shows it: the ``soilmoisture`` subcommand and the git commit."""
+    return {TAG_SOURCE_NAME: f"soilmoisture {command}", TAG_SOURCE_TYPE: "LOCAL", TAG_SOURCE_GIT: commit}
+
+
+def dataset_input(table: Any, path: Path, name: str, digest: str, context: str = "training") -> Any:
+    """An MLflow dataset input for a published table (``log_inputs``): its schema, row count, file and digest.
+
+    ``digest`` is the data version (the DVC md5 of ``data/processed``), so runs on the same data show the same
+    dataset in the UI and a changed table a different one.
+    """
+    import mlflow.data
+    from mlflow.data.dataset_source_registry import get_registered_sources
+    from mlflow.entities import DatasetInput, InputTag
+
+    # An explicit source class: a plain path is ambiguous to MLflow's source registry (it warns). The artifact
+    # source classes are generated at import, so it is looked up by name.
+    local = next(c for c in get_registered_sources() if c.__name__ == "LocalArtifactDatasetSource")
+    source = local(Path(path).resolve().as_uri())
+    ds = mlflow.data.from_pandas(table, source=source, name=name, digest=digest[:36])
+    return DatasetInput(dataset=ds._to_mlflow_entity(), tags=[InputTag(key=DATASET_CONTEXT, value=context)])
 
 
 def git_commit(root: Path) -> str:

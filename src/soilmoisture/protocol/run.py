@@ -9,6 +9,7 @@ Logging goes through ``MlflowClient.log_batch`` so hundreds of children take sec
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -163,12 +164,14 @@ def run(params: Params) -> str:
     engine, engine_name = get_engine(pr.engine, params.model.cell)
     tags = {tracking.TAG_KIND: "protocol", tracking.TAG_VARIANT: params.variant.name,
             tracking.TAG_SOURCE: params.data.source, tracking.TAG_MODE: pr.mode, tracking.TAG_ENGINE: engine_name,
-            tracking.TAG_ENGINE_REQUESTED: pr.engine, tracking.TAG_GIT_COMMIT: tracking.git_commit(params.root)}
+            tracking.TAG_ENGINE_REQUESTED: pr.engine}
+    commit = tracking.git_commit(params.root)
+    tags.update({tracking.TAG_GIT_COMMIT: commit, **tracking.source_tags("train", commit)})
     parent = client.create_run(exp_id, run_name=f"{params.variant.name}-{pr.mode}-{time.strftime('%Y%m%d-%H%M%S')}",
                                tags=tags)
     rid = parent.info.run_id
     try:
-        _run(params, client, exp_id, rid, engine, engine_name)
+        _run(params, client, exp_id, rid, engine, engine_name, commit)
     except BaseException as e:
         reason = str(e) or type(e).__name__
         client.set_tag(rid, tracking.TAG_FAILURE, f"{type(e).__name__}: {reason}"[:4900])
@@ -179,7 +182,7 @@ def run(params: Params) -> str:
     return rid
 
 
-def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine_name: str) -> None:
+def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine_name: str, commit: str) -> None:
     from mlflow.entities import Param
 
     from soilmoisture.tensors import build_tensors
@@ -194,7 +197,12 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
     client.log_dict(rid, tracking.masked_params(params.to_dict()), tracking.ART_CONFIG)
 
     daily, probes = read_processed(processed)
-    client.set_tag(rid, tracking.TAG_DATA_HASH, processed_data_hash(params.root, processed))
+    data_hash = processed_data_hash(params.root, processed)
+    client.set_tag(rid, tracking.TAG_DATA_HASH, data_hash)
+    # The UI's Dataset column: the published daily table, versioned by its DVC hash.
+    dataset = tracking.dataset_input(daily, processed / "daily.parquet", f"{params.data.source}/processed/daily",
+                                     data_hash)
+    client.log_inputs(rid, datasets=[dataset])
     tens = build_tensors(daily, probes, spec.features, landcover=spec.landcover, start=params.data.start,
                          end=params.data.end, drop_flagged=params.quality.drop_flagged_ssm, variant=variant,
                          daily_path=str(processed / "daily.parquet"), probes_path=str(processed / "probes.parquet"))
@@ -226,9 +234,10 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
     # it when it trains on the same targets.
     groups = [(plans + [final], stats + [final_stats], y_fold)] if pr.mode == "unseen_site" else \
              [(plans, stats, y_fold), ([final], [final_stats], y)]
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), int(time.time() * 1000)
     results = fit_requests(engine, engine_name, [_request(x, y, *g, hp) for g in groups], params.runner)
     train_seconds = time.perf_counter() - t0
+    train_window = (wall0, int(time.time() * 1000))   # the engine trains every fold model in this window
     weights = [w for r in results for w in r.weights]
     train_loss = np.concatenate([r.train_loss for r in results])
     val_loss = np.concatenate([r.val_loss for r in results])
@@ -266,7 +275,8 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
             frame.update({f"baseline_{b}": s[days] for b, s in base.items()})
             pred_frames.append(pd.DataFrame(frame))
     folds = pd.DataFrame(fold_rows)
-    _log_children(client, exp_id, rid, params, engine_name, plans, folds, train_loss, val_loss, ids)
+    _log_children(client, exp_id, rid, params, engine_name, plans, folds, train_loss, val_loss, ids,
+                  window=train_window, dataset=dataset, commit=commit)
     per_probe = _per_probe(folds, tens)
     _log_parent_results(client, rid, per_probe, pd.concat(pred_frames, ignore_index=True), train_seconds,
                         len(weights), len(skipped))
@@ -363,12 +373,42 @@ def _baselines(mode: str, y: np.ndarray, tens: Any, plan: FoldPlan, p: int, eval
     return out
 
 
+@contextlib.contextmanager
+def quiet_keras() -> Any:
+    """No Keras progress bar (MLflow's input-example check runs ``predict``) inside the CLI's log lines."""
+    import keras
+
+    absl = logging.getLogger("absl")   # with interactive logging off, Keras logs its bars through absl
+    level, was_interactive = absl.level, keras.utils.is_interactive_logging_enabled()
+    keras.utils.disable_interactive_logging()
+    absl.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+        if was_interactive:
+            keras.utils.enable_interactive_logging()
+
+
+# Hyperparameters shown on every fold run (the compare view's parallel coordinates key on run params).
+FOLD_HYPERPARAMS = ("cell", "layers", "units", "dropout", "recurrent_l2", "epochs", "batch_size", "clr_base_lr",
+                    "clr_max_lr", "clr_step_size", "loss", "target_fill")
+
+
 def _log_children(client: Any, exp_id: str, rid: str, params: Params, engine_name: str, plans: list[FoldPlan],
-                  folds: pd.DataFrame, train_loss: np.ndarray, val_loss: np.ndarray, ids: list[str]) -> None:
-    """One child run per (test probe, repeat): tags, metrics and the learning curve, in one log_batch each."""
+                  folds: pd.DataFrame, train_loss: np.ndarray, val_loss: np.ndarray, ids: list[str], *,
+                  window: tuple[int, int], dataset: Any, commit: str) -> None:
+    """One child run per (test probe, repeat): tags, metrics and the learning curve, in one log_batch each.
+
+    A fold run spans ``window`` (ms since the epoch), the engine call that trained it (the engine trains the
+    fold models together, so they share it). Its params are the model's hyperparameters and the split sizes;
+    the seed and the probe lists, which are identifiers rather than hyperparameters, are tags.
+    """
     from mlflow.entities import Metric, Param
 
-    now = int(time.time() * 1000)
+    now = window[1]
+    hyper = [Param(k, str(getattr(params.model, k))) for k in FOLD_HYPERPARAMS if hasattr(params.model, k)]
+    hyper.append(Param("variant", params.variant.name))
     for row in folds.itertuples(index=False):
         r = row._asdict()
         m = int(r["model_index"])
@@ -376,21 +416,22 @@ def _log_children(client: Any, exp_id: str, rid: str, params: Params, engine_nam
         tags = {MLFLOW_PARENT: rid, tracking.TAG_KIND: "fold", tracking.TAG_VARIANT: params.variant.name,
                 tracking.TAG_SOURCE: params.data.source, tracking.TAG_MODE: params.protocol.mode,
                 tracking.TAG_ENGINE: engine_name, tracking.TAG_TEST_PROBE: r["probe_id"],
-                tracking.TAG_REPEAT: str(r["repeat"])}
-        child = client.create_run(exp_id, run_name=f"{r['probe_id']}-r{r['repeat']}", tags=tags)
+                tracking.TAG_REPEAT: str(r["repeat"]), "seed": str(plan.seed),
+                "train_probes": ",".join(ids[i] for i in plan.train_idx)[:5000],
+                "val_probes": ",".join(ids[i] for i in plan.val_idx)[:5000] or "-",
+                **tracking.source_tags("train", commit)}
+        child = client.create_run(exp_id, run_name=f"{r['probe_id']}-r{r['repeat']}", tags=tags, start_time=window[0])
         metrics = [Metric(k, float(v), now, 0) for k, v in r.items()
                    if k not in ("model_index", "probe_id", "repeat", "seed") and np.isfinite(v)]
         for e in range(train_loss.shape[1]):
             for key, arr in zip(tracking.LEARNING_CURVE, (train_loss, val_loss)):
                 if np.isfinite(arr[m, e]):
                     metrics.append(Metric(key, float(arr[m, e]), now, e))
-        ps = [Param("seed", str(plan.seed)), Param("n_train", str(len(plan.train_idx))),
-              Param("n_val", str(len(plan.val_idx))),
-              Param("train_probes", ",".join(ids[i] for i in plan.train_idx)[:6000]),
-              Param("val_probes", ",".join(ids[i] for i in plan.val_idx)[:6000] or "-")]
+        ps = [*hyper, Param("n_train", str(len(plan.train_idx))), Param("n_val", str(len(plan.val_idx)))]
         for i in range(0, len(metrics), 1000):
             client.log_batch(child.info.run_id, metrics=metrics[i:i + 1000], params=ps if i == 0 else [])
-        client.set_terminated(child.info.run_id, "FINISHED")
+        client.log_inputs(child.info.run_id, datasets=[dataset])
+        client.set_terminated(child.info.run_id, "FINISHED", end_time=window[1])
 
 
 def _per_probe(folds: pd.DataFrame, tens: Any) -> pd.DataFrame:
@@ -460,7 +501,7 @@ def _register_final(params: Params, client: Any, exp_id: str, rid: str, engine_n
     from importlib.metadata import version
 
     reqs = [f"{p}=={version(p)}" for p in ("mlflow", "keras", "tensorflow-cpu")]
-    with mlflow.start_run(run_id=child.info.run_id, nested=True):
+    with mlflow.start_run(run_id=child.info.run_id, nested=True), quiet_keras():
         info = mlflow.tensorflow.log_model(net, name=tracking.MODEL_ARTIFACT, signature=sig, input_example=example,
                                            pip_requirements=reqs, metadata=meta, registered_model_name=name)
     client.set_terminated(child.info.run_id, "FINISHED")
