@@ -32,6 +32,17 @@ def _register_builtin() -> None:
     command("predict", predict.add_arguments)(predict.handle)
     command("backends", backends.add_arguments)(backends.handle)
     command("deliver", _deliver_arguments)(_deliver)
+    command("ablate", _ablate_arguments)(_ablate)
+
+
+def _ablate_arguments(p: argparse.ArgumentParser) -> None:
+    """run the input sets/methods of ablate.configs through the protocol as one tracked experiment (reports/ablate)"""
+
+
+def _ablate(params: Params, args: argparse.Namespace) -> Any:
+    from soilmoisture.protocol.ablate import handle
+
+    return handle(params, args)
 
 
 def _deliver_arguments(p: argparse.ArgumentParser) -> None:

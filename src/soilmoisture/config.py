@@ -177,20 +177,49 @@ class VariantSpec:
     landcover: list[int] | None
 
     def _check(self, key: str) -> None:
+        from soilmoisture.features import DERIVED, GROUPS, expand
         from soilmoisture.schema import FEATURES
 
         if not self.features:
             raise ConfigError(f"{key}.features", "must list at least one feature")
         for name in self.features:
-            if name not in FEATURES:
-                raise ConfigError(f"{key}.features", f"unknown feature {name!r}; allowed: {', '.join(FEATURES)}")
-        if len(set(self.features)) != len(self.features):
-            raise ConfigError(f"{key}.features", "lists a feature twice")
+            if name not in FEATURES and name not in DERIVED and name not in GROUPS:
+                raise ConfigError(f"{key}.features", f"unknown feature {name!r}; allowed: {', '.join(FEATURES)}, "
+                                                     f"the derived features of docs/data.md ({', '.join(list(DERIVED)[:12])}, "
+                                                     f"lc_<CORINE code>) and the groups {', '.join(GROUPS)}")
+        full = expand(self.features)
+        if len(set(full)) != len(full):
+            raise ConfigError(f"{key}.features", "lists a feature twice (a group such as landcover_onehot included)")
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
+
+
+@dataclass(frozen=True)
+class Features:
+    """How derived model inputs are computed (src/soilmoisture/features.py, docs/data.md)."""
+
+    reference_angle_deg: float        # sigma0 normalised to this incidence angle (deg)
+    angle_slope_db_per_deg: float     # default slope where a series' own cannot be fitted (dB/deg)
+    cdi_percentiles: list[float]      # [dry, wet] percentiles of the change-detection index references
+    s1_age_cap_days: float            # s1_age_days is capped here
+
+    def _check(self, key: str) -> None:
+        _range(f"{key}.reference_angle_deg", self.reference_angle_deg, 0.0, 90.0)
+        _range(f"{key}.angle_slope_db_per_deg", self.angle_slope_db_per_deg, -2.0, 2.0)
+        p = self.cdi_percentiles
+        if len(p) != 2 or not 0.0 <= p[0] < p[1] <= 100.0:
+            raise ConfigError(f"{key}.cdi_percentiles", f"must be [dry, wet] with 0 <= dry < wet <= 100, got {p!r}")
+        _range(f"{key}.s1_age_cap_days", self.s1_age_cap_days, 1.0, 3650.0)
+
+    @property
+    def options(self):  # noqa: ANN201 - features imported lazily
+        from soilmoisture.features import FeatureOptions
+
+        return FeatureOptions(self.reference_angle_deg, self.angle_slope_db_per_deg,
+                              (float(self.cdi_percentiles[0]), float(self.cdi_percentiles[1])), self.s1_age_cap_days)
 
 
 @dataclass(frozen=True)
@@ -203,9 +232,23 @@ class Protocol:
     split_date: str
     site_calibration: bool
     max_probes: int | None
+    interval: float = 0.9         # nominal coverage of the ensemble interval (protocol/ensemble.py)
+    target: Literal["absolute", "anomaly"] = "absolute"   # anomaly: network learns ssm - level (protocol/level.py)
+    level_features: list[str] = field(default_factory=list)   # static inputs of the level model (anomaly target)
+    level_ridge: float = 1.0      # ridge penalty of the level model (per training probe, standardised inputs)
 
     def _check(self, key: str) -> None:
         _range(f"{key}.repeats", self.repeats, 1, 1000)
+        _range(f"{key}.interval", self.interval, 0.0, 1.0, low_open=True, high_open=True)
+        _range(f"{key}.level_ridge", self.level_ridge, 0.0, 1.0e6)
+        from soilmoisture.features import DERIVED, is_static
+        from soilmoisture.schema import STATIC_FEATURES
+
+        for name in self.level_features:
+            if name not in STATIC_FEATURES and not is_static(name):
+                static = list(STATIC_FEATURES) + [f for f in DERIVED if is_static(f) and not f.startswith("lc_")]
+                raise ConfigError(f"{key}.level_features", f"{name!r} is not a static (per-probe) input; allowed: "
+                                                           f"{', '.join(static)}, lc_<CORINE code>")
         _range(f"{key}.val_fraction", self.val_fraction, 0.0, 0.9)
         _date(f"{key}.split_date", self.split_date)
         if self.max_probes is not None:
@@ -356,6 +399,37 @@ class Runner:
 
 
 @dataclass(frozen=True)
+class AblateConfig:
+    """One configuration of the ablation: a variant and dotted parameter overrides (methods)."""
+
+    variant: str
+    set: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Ablate:
+    """``soilmoisture ablate`` (src/soilmoisture/protocol/ablate.py, README "Choosing inputs")."""
+
+    modes: list[Literal["unseen_site", "known_site"]]
+    repeats: int                  # protocol.repeats of every configuration (same folds and seeds for all)
+    reference: str                # the current default: deltas and the paired Wilcoxon test against it
+    known_site_val_days: int      # known site: configurations are chosen on the last N days before the split
+    reports: Path
+    configs: dict[str, AblateConfig]
+
+    def _check(self, key: str) -> None:
+        if not self.modes or len(set(self.modes)) != len(self.modes):
+            raise ConfigError(f"{key}.modes", "must list unseen_site and/or known_site, each once")
+        _range(f"{key}.repeats", self.repeats, 1, 1000)
+        _range(f"{key}.known_site_val_days", self.known_site_val_days, 1, 3650)
+        if not self.configs:
+            raise ConfigError(f"{key}.configs", "must declare at least one configuration")
+        if self.reference not in self.configs:
+            raise ConfigError(f"{key}.reference", f"{self.reference!r} is not one of ablate.configs "
+                                                  f"({', '.join(self.configs)})")
+
+
+@dataclass(frozen=True)
 class Params:
     paths: Paths
     data: Data
@@ -365,6 +439,7 @@ class Params:
     model: Model
     variant: Variant
     variants: dict[str, VariantSpec]
+    features: Features
     protocol: Protocol
     tracking: Tracking
     evaluate: Evaluate
@@ -372,11 +447,16 @@ class Params:
     map: Map
     retrain: Retrain
     runner: Runner
+    ablate: Ablate
     root: Path = field(default=Path("."), compare=False)
 
     def _check(self, key: str) -> None:
         if self.variant.name not in self.variants:
             raise ConfigError("variant.name", f"unknown variant {self.variant.name!r}; allowed: {', '.join(self.variants)}")
+        for name, cfg in self.ablate.configs.items():
+            if cfg.variant not in self.variants:
+                raise ConfigError(f"ablate.configs.{name}.variant", f"unknown variant {cfg.variant!r}; allowed: "
+                                                                    f"{', '.join(self.variants)}")
         if self.retrain.variant is not None and self.retrain.variant not in self.variants:
             raise ConfigError("retrain.variant", f"unknown variant {self.retrain.variant!r}; allowed: "
                                                  f"{', '.join(self.variants)}")
@@ -417,6 +497,8 @@ def _range(key: str, value: Any, lo: float, hi: float, low_open: bool = False, h
 
 def _coerce(key: str, tp: Any, value: Any) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert it (dataclasses, paths, literals)."""
+    if tp is Any:  # free-form values (ablate.configs.<name>.set): checked when applied as overrides
+        return value
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)

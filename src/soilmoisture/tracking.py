@@ -49,6 +49,9 @@ QUALITY_METRICS = ("flagged_ssm_days", "frozen_days_removed", "sigma0_outliers_r
 ART_CONFIG = "config/params.json"
 ART_PER_PROBE = "results/per_probe_metrics.parquet"
 ART_PREDICTIONS = "results/predictions.parquet"
+ART_VALIDATION = "results/validation_metrics.parquet"   # per (fold, validation probe): model and baselines
+ART_ENSEMBLE = "results/ensemble.parquet"                # per test probe and day: ensemble mean and interval
+VAL_PREFIX = "val_"    # parent metrics over validation probes: val_mean_mae, val_mean_baseline_network_day_mae
 ART_COMPARISON_DIR = "comparison"
 ART_QUALITY_DIR = "quality"
 # product comparison (``soilmoisture evaluate``) on the parent protocol run, e.g. comparison.ecv_sm_days.ecv_sm.mae

@@ -149,16 +149,20 @@ def tune_sqlite() -> None:
 
 
 # --- the stage --------------------------------------------------------------------------------------
-def run(params: Params) -> str:
+def run(params: Params, *, parent_run_id: str | None = None, register: bool = True,
+        extra_tags: dict[str, str] | None = None, experiment_kind: str = "protocol") -> str:
     """Run the protocol of ``params.protocol.mode`` for ``params.variant``; returns the parent run id.
 
+    ``parent_run_id`` nests the protocol run under another run of the experiment ``experiment_kind`` (an
+    ablation: ``"ablation"``, so the UI shows the tree); ``register=False`` trains no
+    final model and registers nothing (the registry and its champion alias stay untouched).
     On any error the parent run is marked FAILED with a ``failure_reason`` tag and the error re-raised.
     """
     from mlflow.tracking import MlflowClient
 
     if tracking.tracking_uri(params).startswith("sqlite:"):
         tune_sqlite()
-    exp_id = tracking.ensure_experiment(params)
+    exp_id = tracking.ensure_experiment(params, kind=experiment_kind)
     client = MlflowClient(tracking.tracking_uri(params))
     pr = params.protocol
     engine, engine_name = get_engine(pr.engine, params.model.cell)
@@ -167,11 +171,14 @@ def run(params: Params) -> str:
             tracking.TAG_ENGINE_REQUESTED: pr.engine}
     commit = tracking.git_commit(params.root)
     tags.update({tracking.TAG_GIT_COMMIT: commit, **tracking.source_tags("train", commit)})
+    if parent_run_id:
+        tags[MLFLOW_PARENT] = parent_run_id
+    tags.update(extra_tags or {})
     parent = client.create_run(exp_id, run_name=f"{params.variant.name}-{pr.mode}-{time.strftime('%Y%m%d-%H%M%S')}",
                                tags=tags)
     rid = parent.info.run_id
     try:
-        _run(params, client, exp_id, rid, engine, engine_name, commit)
+        _run(params, client, exp_id, rid, engine, engine_name, commit, register)
     except BaseException as e:
         reason = str(e) or type(e).__name__
         client.set_tag(rid, tracking.TAG_FAILURE, f"{type(e).__name__}: {reason}"[:4900])
@@ -182,7 +189,8 @@ def run(params: Params) -> str:
     return rid
 
 
-def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine_name: str, commit: str) -> None:
+def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine_name: str, commit: str,
+         register: bool = True) -> None:
     from mlflow.entities import Param
 
     from soilmoisture.tensors import build_tensors
@@ -205,7 +213,9 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
     client.log_inputs(rid, datasets=[dataset])
     tens = build_tensors(daily, probes, spec.features, landcover=spec.landcover, start=params.data.start,
                          end=params.data.end, drop_flagged=params.quality.drop_flagged_ssm, variant=variant,
-                         daily_path=str(processed / "daily.parquet"), probes_path=str(processed / "probes.parquet"))
+                         daily_path=str(processed / "daily.parquet"), probes_path=str(processed / "probes.parquet"),
+                         fit_end=pr.split_date if pr.mode == "known_site" else None,
+                         options=params.features.options)
     x, y, ids = tens.x, tens.y, tens.probe_ids
     log.info("variant %s: %d probes x %d days x %d features", variant, *x.shape)
 
@@ -221,6 +231,17 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
         n_after = np.isfinite(y[:, eval_days]).sum(axis=1)
         plans, skipped = plan_known_site(ids, n_before, n_after, repeats=pr.repeats, seed=pr.seed,
                                          max_probes=pr.max_probes, variant=variant)
+    # Anomaly target (protocol/level.py): the network learns ssm - the probe's own level; levels of probes
+    # it has not seen come from a ridge model of the fold's training probes.
+    level_z, own_level = None, None
+    y_net, y_fold_net = y, y_fold
+    if pr.target == "anomaly":
+        from soilmoisture.protocol.level import probe_levels
+
+        own_level = probe_levels(y_fold)       # known site: y_fold hides the predicted period
+        y_net = (y - own_level[:, None]).astype(np.float32)
+        y_fold_net = y_net if y_fold is y else (y_fold - own_level[:, None]).astype(np.float32)
+        level_z = _level_inputs(daily, probes, params, tens)
     for e in skipped:
         log.warning("%s", e)
     if skipped:
@@ -232,10 +253,16 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
 
     # Train: every fold model in one request (the jax engine splits internally); the final model joins
     # it when it trains on the same targets.
-    groups = [(plans + [final], stats + [final_stats], y_fold)] if pr.mode == "unseen_site" else \
-             [(plans, stats, y_fold), ([final], [final_stats], y)]
+    if not register:
+        groups = [(plans, stats, y_fold)]
+    elif pr.mode == "unseen_site":
+        groups = [(plans + [final], stats + [final_stats], y_fold)]
+    else:
+        groups = [(plans, stats, y_fold), ([final], [final_stats], y)]
     t0, wall0 = time.perf_counter(), int(time.time() * 1000)
-    results = fit_requests(engine, engine_name, [_request(x, y, *g, hp) for g in groups], params.runner)
+    if pr.target == "anomaly":  # same requests on anomaly targets (val loss too); the final model on y_net
+        groups = [(g[0], g[1], y_fold_net if g[2] is y_fold else y_net) for g in groups]
+    results = fit_requests(engine, engine_name, [_request(x, y_net, *g, hp) for g in groups], params.runner)
     train_seconds = time.perf_counter() - t0
     train_window = (wall0, int(time.time() * 1000))   # the engine trains every fold model in this window
     weights = [w for r in results for w in r.weights]
@@ -250,11 +277,21 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
     from soilmoisture.model.keras_model import build_model, predict_normalised
 
     net = build_model(hp, x.shape[-1])
-    pred_frames, fold_rows = [], []
+    pred_frames, fold_rows, val_rows = [], [], []
+    members: dict[int, list[np.ndarray]] = {}      # test probe -> member predictions (T,)
+    val_resid: dict[int, list[np.ndarray]] = {}    # test probe -> its members' validation residuals
     for m, plan in enumerate(plans):
         net.set_weights(weights[m])
         pred = predict_normalised(net, normalise(x[plan.test_idx], *all_stats[m]))
         tmean = bl.train_mean(y_fold, plan.train_idx)
+        level_of = _level_function(pr, plan, own_level, level_z)
+        if level_of is not None:
+            pred = pred + level_of(plan.test_idx)[:, None]
+        if len(plan.val_idx):
+            rows, resid = _validation_scores(net, x, y, tens, plan, m, all_stats[m], tmean, level_of)
+            val_rows += rows
+            for p in plan.test_idx:
+                val_resid.setdefault(int(p), []).append(resid)
         for k, p in enumerate(plan.test_idx):
             base = _baselines(pr.mode, y, tens, plan, int(p), eval_days, tmean)
             if pr.mode == "known_site" and pr.site_calibration:
@@ -262,6 +299,7 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
                 base["uncalibrated_model"] = pred[k].astype(np.float64)
                 pred[k] = site_calibration(y[p], pred[k], base["climatology"], ~eval_days)
             obs = np.where(eval_days, y[p], np.nan)
+            members.setdefault(int(p), []).append(pred[k].astype(np.float64))
             row = {"model_index": m, "probe_id": ids[p], "repeat": plan.repeat, "seed": plan.seed,
                    **all_metrics(obs, pred[k])}
             for b, series in base.items():
@@ -277,10 +315,22 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
     folds = pd.DataFrame(fold_rows)
     _log_children(client, exp_id, rid, params, engine_name, plans, folds, train_loss, val_loss, ids,
                   window=train_window, dataset=dataset, commit=commit)
-    per_probe = _per_probe(folds, tens)
+    ens_rows, ens_frames = _ensembles(members, val_resid, y, tens, eval_days, pr.interval)
+    per_probe = _per_probe(folds, tens).merge(pd.DataFrame(ens_rows), on="probe_id", how="left")
+    validation = pd.DataFrame(val_rows)
     _log_parent_results(client, rid, per_probe, pd.concat(pred_frames, ignore_index=True), train_seconds,
-                        len(weights), len(skipped))
-    _register_final(params, client, exp_id, rid, engine_name, weights[-1], final_stats, tens, train_loss[-1])
+                        len(weights), len(skipped), validation=validation,
+                        ensemble=pd.concat(ens_frames, ignore_index=True) if ens_frames else None,
+                        interval_nominal=pr.interval)
+    if register:
+        level_meta = None
+        if own_level is not None:
+            from soilmoisture.protocol.level import fit_level
+
+            lm = fit_level(own_level, level_z, final.train_idx, pr.level_ridge)
+            level_meta = {"features": list(pr.level_features), **lm.to_dict()}
+        _register_final(params, client, exp_id, rid, engine_name, weights[-1], final_stats, tens, train_loss[-1],
+                        level_meta)
 
 
 def _request(x: np.ndarray, y: np.ndarray, plans: list[FoldPlan], stats: list, y_train: np.ndarray, hp: Any) -> Any:
@@ -357,6 +407,101 @@ def fit_requests(engine: Any, engine_name: str, reqs: list[Any], runner: Any) ->
     log.info("training %d models in %d chunks on runner %s", sum(r.n_models for r in reqs), len(parts), runner.kind)
     done = map_in_runner(partial(fit_in_worker, engine_name), parts, runner, label="folds")
     return [merge_results([d for d, o in zip(done, owner) if o == i]) for i in range(len(reqs))]
+
+
+def _level_inputs(daily: pd.DataFrame, probes: pd.DataFrame, params: Params, tens: Any) -> np.ndarray:
+    """(P, L) static inputs of the level model (``protocol.level_features``), in the tensors' probe order."""
+    from soilmoisture.tensors import build_tensors
+
+    pr = params.protocol
+    if not pr.level_features:
+        return np.zeros((len(tens.probe_ids), 0))
+    lt = build_tensors(daily, probes, list(pr.level_features), landcover=params.variant_spec.landcover,
+                       start=params.data.start, end=params.data.end, variant=params.variant.name,
+                       fit_end=pr.split_date if pr.mode == "known_site" else None, options=params.features.options)
+    if lt.probe_ids != tens.probe_ids:  # same tables and filter: cannot differ unless the code changed
+        raise ProtocolError("level-model inputs and model inputs list different probes")
+    return lt.x[:, 0, :].astype(np.float64)
+
+
+def _level_function(pr: Any, plan: FoldPlan, own_level: np.ndarray | None, level_z: np.ndarray | None) -> Any:
+    """idx -> levels (m3/m3) added to the network's anomalies for ``plan`` (None for the absolute target).
+
+    Known site: each probe's own training-period mean. Unseen site: the ridge level model of the plan's
+    training probes (their observed levels), applied to the probes asked for (test or validation).
+    """
+    if own_level is None:
+        return None
+    if pr.mode == "known_site":
+        return lambda idx: own_level[np.asarray(idx, dtype=np.int64)]
+    from soilmoisture.protocol.level import fit_level
+
+    lm = fit_level(own_level, level_z, plan.train_idx, pr.level_ridge)
+    return lambda idx: lm.predict(level_z[np.asarray(idx, dtype=np.int64)])
+
+
+def _validation_scores(net: Any, x: np.ndarray, y: np.ndarray, tens: Any, plan: FoldPlan, m: int,
+                       stats: tuple[np.ndarray, np.ndarray], tmean: float,
+                       level_of: Any = None) -> tuple[list[dict], np.ndarray]:
+    """Scores of fold model ``m`` on its validation probes (model and baselines, same days) and its residuals.
+
+    Validation probes never trained the model and are not the test probe: these scores are what a choice
+    between configurations may look at (``soilmoisture ablate``); the residuals (observed - predicted,
+    m3/m3) give the ensemble interval of the test probe (protocol/ensemble.py).
+    """
+    from soilmoisture.evaluate.metrics import all_metrics
+    from soilmoisture.model.interface import normalise
+    from soilmoisture.model.keras_model import predict_normalised
+
+    vpred = predict_normalised(net, normalise(x[plan.val_idx], *stats)).astype(np.float64)
+    if level_of is not None:
+        vpred = vpred + level_of(plan.val_idx)[:, None]
+    rows, resid = [], []
+    for k, v in enumerate(plan.val_idx):
+        v = int(v)
+        row = {"model_index": m, "test_probe": plan.test_probe, "repeat": plan.repeat, "probe_id": tens.probe_ids[v],
+               "region": tens.regions[v], **all_metrics(y[v], vpred[k])}
+        base = {"train_mean": np.full(y.shape[1], tmean),
+                "network_day": bl.network_day(y, plan.train_idx, tens.networks, tens.networks[v], tmean)}
+        for b, series in base.items():
+            for name, val in all_metrics(y[v], series).items():
+                if name != "n_days":
+                    row[tracking.baseline_metric(b, name)] = val
+        rows.append(row)
+        resid.append(y[v] - vpred[k])
+    return rows, np.concatenate(resid) if resid else np.array([])
+
+
+def _ensembles(members: dict[int, list[np.ndarray]], val_resid: dict[int, list[np.ndarray]], y: np.ndarray,
+               tens: Any, eval_days: np.ndarray, nominal: float) -> tuple[list[dict], list[pd.DataFrame]]:
+    """Per test probe: the mean of its repeats' predictions, its interval and their scores on the test days.
+
+    Interval residuals: the members' validation probes (unseen site) or, without validation probes (known
+    site), the ensemble's own residuals on the probe's training days (see protocol/ensemble.py).
+    """
+    from soilmoisture.evaluate.metrics import all_metrics
+    from soilmoisture.protocol import ensemble as en
+
+    rows, frames = [], []
+    days = np.flatnonzero(eval_days)
+    for p, preds in sorted(members.items()):
+        mean = en.ensemble_mean(np.stack(preds))
+        if p in val_resid:
+            resid = np.concatenate(val_resid[p])
+        else:
+            resid = np.where(~eval_days, y[p] - mean, np.nan)
+        lo, hi = en.interval(mean, en.residual_bounds(resid, nominal))
+        obs = np.where(eval_days, y[p], np.nan)
+        row = {"probe_id": tens.probe_ids[p], "ensemble_members": float(len(preds))}
+        row.update({f"ensemble_{k}": v for k, v in all_metrics(obs, mean).items() if k != "n_days"})
+        row["interval_coverage"] = en.coverage(obs, lo, hi)
+        width = (hi - lo)[days]
+        row["interval_width"] = float(np.nanmean(width)) if np.isfinite(width).any() else float("nan")
+        rows.append(row)
+        frames.append(pd.DataFrame({"probe_id": tens.probe_ids[p], "date": tens.dates[days], "ssm": y[p, days],
+                                    "ssm_pred": mean[days], "ssm_lower": lo[days], "ssm_upper": hi[days],
+                                    "members": len(preds)}))
+    return rows, frames
 
 
 def _baselines(mode: str, y: np.ndarray, tens: Any, plan: FoldPlan, p: int, eval_days: np.ndarray,
@@ -446,32 +591,59 @@ def _per_probe(folds: pd.DataFrame, tens: Any) -> pd.DataFrame:
     return info.merge(table, on="probe_id", how="inner")
 
 
+def validation_per_probe(validation: pd.DataFrame) -> pd.DataFrame:
+    """Validation scores averaged per validation probe (over the folds it validated), like the test table."""
+    if validation.empty:
+        return validation
+    num = [c for c in validation.columns if c in tracking.METRICS or c.startswith("baseline_")]
+    return validation.groupby(["probe_id", "region"], sort=True)[num].mean().reset_index()
+
+
 def _log_parent_results(client: Any, rid: str, per_probe: pd.DataFrame, predictions: pd.DataFrame,
-                        train_seconds: float, n_models: int, n_skipped: int) -> None:
-    """Aggregate metrics (``mean_<m>``, ``median_<m>`` over probes) and the two tables as Parquet artifacts."""
+                        train_seconds: float, n_models: int, n_skipped: int, *,
+                        validation: pd.DataFrame | None = None, ensemble: pd.DataFrame | None = None,
+                        interval_nominal: float | None = None) -> None:
+    """Aggregate metrics (``mean_<m>``, ``median_<m>`` over probes; ``val_mean_<m>`` over validation probes),
+    the ensemble's (``mean_ensemble_<m>``, ``mean_interval_coverage``) and the tables as Parquet artifacts."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    cols = [c for c in per_probe.columns if c in tracking.METRICS or c.startswith("baseline_")]
+    cols = [c for c in per_probe.columns if c in tracking.METRICS or c.startswith(("baseline_", "ensemble_", "interval_"))]
     metrics = [Metric("train_seconds", train_seconds, now, 0), Metric("n_models", float(n_models), now, 0),
                Metric("n_test_probes", float(len(per_probe)), now, 0),
                Metric("n_skipped_probes", float(n_skipped), now, 0)]
+    if interval_nominal is not None:
+        metrics.append(Metric("interval_nominal", float(interval_nominal), now, 0))
     for c in cols:
         for stat, f in zip(tracking.AGGREGATES, (np.nanmean, np.nanmedian)):
             v = per_probe[c].to_numpy(dtype=float)
             if np.isfinite(v).any():
                 metrics.append(Metric(f"{stat}_{c}", float(f(v)), now, 0))
+    tables = [(tracking.ART_PER_PROBE, per_probe), (tracking.ART_PREDICTIONS, predictions)]
+    if validation is not None and not validation.empty:
+        vpp = validation_per_probe(validation)
+        for c in vpp.columns:
+            if c in tracking.METRICS or c.startswith("baseline_"):
+                v = vpp[c].to_numpy(dtype=float)
+                if np.isfinite(v).any():
+                    metrics.append(Metric(f"{tracking.VAL_PREFIX}mean_{c}", float(np.nanmean(v)), now, 0))
+        tables.append((tracking.ART_VALIDATION, validation))
+    if ensemble is not None:
+        tables.append((tracking.ART_ENSEMBLE, ensemble))
     client.log_batch(rid, metrics=metrics)
     with tempfile.TemporaryDirectory() as d:
-        for art, df in ((tracking.ART_PER_PROBE, per_probe), (tracking.ART_PREDICTIONS, predictions)):
+        for art, df in tables:
             local = Path(d) / Path(art).name
             _write_parquet(df, local)
             client.log_artifact(rid, str(local), str(Path(art).parent))
 
 
 def _register_final(params: Params, client: Any, exp_id: str, rid: str, engine_name: str, weights: list,
-                    stats: tuple[np.ndarray, np.ndarray], tens: Any, train_loss: np.ndarray) -> None:
-    """Log the final model (all probes) with signature, input example and its normalisation; register it."""
+                    stats: tuple[np.ndarray, np.ndarray], tens: Any, train_loss: np.ndarray,
+                    level_meta: dict | None = None) -> None:
+    """Log the final model (all probes) with signature, input example and its normalisation; register it.
+
+    ``level_meta`` (anomaly target): the level model; the network's output is then ssm - level."""
     import mlflow
     from mlflow.entities import Metric
     from mlflow.models.signature import ModelSignature
@@ -487,7 +659,10 @@ def _register_final(params: Params, client: Any, exp_id: str, rid: str, engine_n
     meta = {"variant": params.variant.name, "features": list(tens.features), "mean": [float(v) for v in stats[0]],
             "std": [float(v) for v in stats[1]], "target": "ssm", "units": "m3/m3", "cell": params.model.cell,
             "input": "(x - mean) / std per feature, NaN -> 0; shape (series, days, features)",
-            "data_source": params.data.source, "engine": engine_name, "protocol_run_id": rid}
+            "data_source": params.data.source, "engine": engine_name, "protocol_run_id": rid,
+            "target": params.protocol.target, "features_options": params.to_dict()["features"]}
+    if level_meta is not None:
+        meta["level_model"] = level_meta
     sig = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, F))]),
                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, 1))]))
     example = normalise(tens.x[:1, :30], stats[0][None, None], stats[1][None, None])
