@@ -143,7 +143,7 @@ def test_two_workers_on_a_postgres_study_lose_and_duplicate_nothing_and_the_stud
         postgres_db: str, tmp_path: Path, monkeypatch):
     import mlflow
 
-    from soilmoisture import cli, config, tracking
+    from soilmoisture import backends, cli, config, tracking
     from soilmoisture.protocol import tune
 
     # 2-epoch trials so that the kill lands inside one; 3 trials shared by two workers.
@@ -151,7 +151,7 @@ def test_two_workers_on_a_postgres_study_lose_and_duplicate_nothing_and_the_stud
                                      "tune.space.cells": ["lstm", "gru"]})
     monkeypatch.setenv("SOILMOISTURE_OPTUNA_STORAGE", postgres_db)  # overrides tune.storage (SQLite), also in workers
     params = config.load(path)
-    assert tune.storage_url(params) == postgres_db
+    assert backends.storage_url(params) == postgres_db
     procs = [subprocess.Popen(_worker_cmd(path), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for _ in range(2)]
     study = None

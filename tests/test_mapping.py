@@ -103,7 +103,7 @@ def test_pixel_at_a_probe_coordinate_holds_the_model_prediction_of_that_probe_se
 
     from soilmoisture import tracking
     from soilmoisture.mapping import model_uri
-    from soilmoisture.protocol.predict import load_predictor, predict_table
+    from soilmoisture.model.predictor import load_predictor, predict_table
 
     params = mapped["params"]
     tracking.configure(params)
@@ -247,8 +247,10 @@ def test_validation_metrics_recover_a_known_bias_and_correlation():
 
 
 def test_interpolation_and_outlier_rules_match_the_probe_readers():
-    from soilmoisture.harmonise import remove_sigma0_outliers
-    from soilmoisture.mapping import interpolate_limited_grid, sigma0_outliers
+    from soilmoisture import harmonise
+    from soilmoisture.mapping import inputs
+    from soilmoisture.mapping.inputs import interpolate_limited_grid
+    from soilmoisture.quality import rules
     from soilmoisture.sources.sentinel2 import interpolate_limited
 
     rng = np.random.default_rng(1)
@@ -262,10 +264,21 @@ def test_interpolation_and_outlier_rules_match_the_probe_readers():
         ref = interpolate_limited(pd.DatetimeIndex(dates), pd.Series(pd.to_datetime(obs_days, unit="D")),
                                   pd.Series(obs[:, n]), 30)
         np.testing.assert_allclose(grid[:, n], ref, rtol=1e-6, equal_nan=True)   # float32 cube
+    # One sigma0 rule for probes and pixels: the same function, not a copy.
+    assert inputs.sigma0_outliers is rules.sigma0_outliers is harmonise.sigma0_outliers
     s = rng.uniform(0.02, 0.2, (80, 5))
     s[rng.random(s.shape) < 0.3] = np.nan
     s[3, 1], s[10, 2] = 40.0, 0.5
-    mask = sigma0_outliers(s, 2.0, 0.35)
-    ref = remove_sigma0_outliers(pd.Series(s.T.ravel()), pd.Series(np.repeat(np.arange(5), 80)), 2.0, 0.35)
-    np.testing.assert_array_equal(mask.T.ravel(), ref.to_numpy())
+    mask = rules.sigma0_outliers(s, 2.0, 0.35)
+    # Against the rule written out with pandas per column (thesis 3.2.2: |z| > 2 with ddof=1, then > 0.35).
+    df = pd.DataFrame(s)
+    z = (df - df.mean()) / df.std().where(df.std() > 0)
+    want = (z.abs() > 2.0).fillna(False)
+    want |= (df.where(~want) > 0.35).fillna(False)
+    np.testing.assert_array_equal(mask, want.to_numpy())
+    # Harmonise's per-probe form on a long table, probes interleaved, gives the same mask.
+    order = rng.permutation(s.size)
+    long = pd.DataFrame({"s": s.T.ravel(), "pid": np.repeat([f"p{i}" for i in range(5)], 80)}).iloc[order]
+    ref = harmonise.remove_sigma0_outliers(long["s"], long["pid"], 2.0, 0.35)
+    np.testing.assert_array_equal(ref.sort_index().to_numpy(), mask.T.ravel())
     assert mask[3, 1] and mask[10, 2]

@@ -127,7 +127,7 @@ def test_tiny_study_on_simulated_area_prunes_a_worse_trial_and_its_best_paramete
 def test_study_killed_in_the_middle_of_a_trial_resumes_without_losing_finished_trials(tmp_path: Path):
     import mlflow
 
-    from soilmoisture import cli, config, tracking
+    from soilmoisture import backends, cli, config, tracking
     from soilmoisture.protocol import tune
 
     # 3-epoch trials so that the kill lands inside one.
@@ -139,7 +139,7 @@ def test_study_killed_in_the_middle_of_a_trial_resumes_without_losing_finished_t
         states: dict[int, str] = {}
         while time.time() < deadline:
             time.sleep(0.5)
-            if tune.storage_url(params) and Path(str(tmp_path / "optuna" / "optuna.db")).is_file():
+            if backends.storage_url(params) and Path(str(tmp_path / "optuna" / "optuna.db")).is_file():
                 try:
                     states = _states(params)
                 except Exception:  # the worker may be creating the tables right now

@@ -61,6 +61,23 @@ class _Problem(Exception):
 
 
 # --- SQL databases (Optuna storage, an MLflow database store) ------------------------------------------
+STORAGE_ENV = "SOILMOISTURE_OPTUNA_STORAGE"  # overrides tune.storage (e.g. a PostgreSQL URL with a password)
+
+
+def storage_url(params: Params) -> str:
+    """``SOILMOISTURE_OPTUNA_STORAGE`` if set, else ``tune.storage``; a relative SQLite path is made absolute
+    (against the project root) and its folder created."""
+    url = os.environ.get(STORAGE_ENV) or params.tune.storage
+    m = re.match(r"^sqlite:///(?!/)(.+)$", url)
+    if m:
+        db = params.path(m.group(1)).resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{db}"
+    elif url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
 def describe_sql_error(exc: BaseException) -> str:
     """One line saying what kind of failure a database connection hit, from the driver's own message.
 
@@ -299,8 +316,6 @@ def dvc_status(root: Path) -> Status:
 # --- what the commands call -------------------------------------------------------------------------------
 def urls(params: Params) -> dict[str, str | None]:
     """The URL each backend would use now (environment overrides applied, relative SQLite paths made absolute)."""
-    from soilmoisture.protocol.tune import storage_url
-
     return {MLFLOW: tracking.tracking_uri(params), OPTUNA: storage_url(params)}
 
 

@@ -27,9 +27,9 @@ def command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None])
 def _register_builtin() -> None:
     """Commands whose modules are light to import (heavy imports stay in their handlers)."""
     from soilmoisture import backends
-    from soilmoisture.protocol import predict
+    from soilmoisture.model import predictor
 
-    command("predict", predict.add_arguments)(predict.handle)
+    command("predict", predictor.add_arguments)(predictor.handle)
     command("backends", backends.add_arguments)(backends.handle)
     command("deliver", _deliver_arguments)(_deliver)
     command("ablate", _ablate_arguments)(_ablate)

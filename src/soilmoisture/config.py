@@ -359,7 +359,7 @@ class Map:
 
 @dataclass(frozen=True)
 class Retrain:
-    """Scheduled retraining with champion/challenger promotion (src/soilmoisture/retrain.py, docs/retrain.md)."""
+    """Scheduled retraining with champion/challenger promotion (src/soilmoisture/retrain/, docs/retrain.md)."""
 
     cron: str                     # schedule of the served deployment (5 fields, UTC)
     margin_mae: float             # promote iff champion MAE - challenger MAE >= margin (m3/m3; < 0 favours fresh models)

@@ -7,8 +7,9 @@ tests and the prediction command) and writes ``daily.parquet``, ``probes.parquet
 
 Data rules (thesis 3.2): frozen days (TS_max <= 0 degC) lose their SSM (3.2.1); SSM above
 ``quality.ssm_flag_threshold`` is flagged, not dropped (DESIGN); sigma0 outliers are removed per
-probe by a z-score threshold, then sigma0 <= sigma0_max (3.2.2); NDVI/NDWI are interpolated at most
-``vi_max_gap_days`` from an observation (3.2.3); dry days counted on the full range (3.2.4).
+probe by a z-score threshold, then sigma0 <= sigma0_max (3.2.2; the rule of :mod:`soilmoisture.quality.rules`,
+shared with maps); NDVI/NDWI are interpolated at most ``vi_max_gap_days`` from an observation (3.2.3);
+dry days counted on the full range (3.2.4).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import pandas as pd
 
 from soilmoisture.config import Params
 from soilmoisture.errors import DataError
+from soilmoisture.quality.rules import sigma0_outliers
 from soilmoisture.schema import CORINE, DAILY_COLUMNS, OPTIONAL_DAILY_COLUMNS, PROBE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -38,19 +40,25 @@ KEY = ["probe_id", "date"]
 # pure part
 # ----------------------------------------------------------------------------------------------
 def remove_sigma0_outliers(sigma0: pd.Series, probe_id: pd.Series, zscore: float, sigma0_max: float) -> pd.Series:
-    """Boolean mask of sigma0 values to remove (thesis 3.2.2).
+    """Boolean mask of sigma0 values to remove (thesis 3.2.2), per probe.
 
-    Per probe: |sigma0 - mean| / std > ``zscore`` (corner reflectors), then whatever is still above
-    ``sigma0_max`` (linear). NaN values are never outliers.
+    The rule is :func:`soilmoisture.quality.rules.sigma0_outliers` (the one maps apply per pixel): each
+    probe's values become one column of a (days, probes) array, NaN-padded; NaN values are never outliers.
     """
-    s = sigma0.astype("float64")
-    grp = s.groupby(probe_id.to_numpy())
-    mean = grp.transform("mean")
-    std = grp.transform("std")  # sample std (ddof=1), as scipy.stats.zscore(ddof=1)
-    z = (s - mean) / std.where(std > 0)
-    out = (z.abs() > zscore).fillna(False)
-    out |= (s.where(~out) > sigma0_max).fillna(False)
-    return out.astype(bool)
+    s = sigma0.astype("float64").to_numpy()
+    if not len(s):
+        return pd.Series(np.zeros(0, bool), index=sigma0.index)
+    codes, uniq = pd.factorize(probe_id.to_numpy(), use_na_sentinel=False)
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=len(uniq))
+    pos = np.arange(len(s)) - np.repeat(np.cumsum(counts) - counts, counts)   # row within its probe's column
+    cols = codes[order]
+    mat = np.full((int(counts.max()), len(uniq)), np.nan)
+    mat[pos, cols] = s[order]
+    bad = sigma0_outliers(mat, zscore, sigma0_max)
+    out = np.zeros(len(s), bool)
+    out[order] = bad[pos, cols]
+    return pd.Series(out, index=sigma0.index)
 
 
 def _interpolate_vi(grid: pd.DataFrame, vi: pd.DataFrame, dates: pd.DatetimeIndex, max_gap: int) -> pd.DataFrame:

@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from soilmoisture import tracking
+from soilmoisture.backends import describe_sql_error, storage_url
 from soilmoisture.config import Model, Params, TuneSpace
-from soilmoisture.errors import DataError, ProtocolError
+from soilmoisture.errors import BackendError, DataError, ProtocolError
 from soilmoisture.protocol.folds import FoldPlan, norm_stats, plan_unseen_site
 
 log = logging.getLogger(__name__)
@@ -52,22 +53,7 @@ _MAX_FAILED = 20                       # a worker gives up after this many faile
 
 
 # --- storage, locking, study ------------------------------------------------------------------------
-STORAGE_ENV = "SOILMOISTURE_OPTUNA_STORAGE"  # overrides tune.storage (e.g. a PostgreSQL URL with a password)
 _PG_LOCK_KEY = 0x534D54554E45  # pg_advisory_lock key of study_lock on a PostgreSQL storage ("SMTUNE")
-
-
-def storage_url(params: Params) -> str:
-    """``SOILMOISTURE_OPTUNA_STORAGE`` if set, else ``tune.storage``; a relative SQLite path is made absolute
-    (against the project root) and its folder created."""
-    url = os.environ.get(STORAGE_ENV) or params.tune.storage
-    m = re.match(r"^sqlite:///(?!/)(.+)$", url)
-    if m:
-        db = params.path(m.group(1)).resolve()
-        db.parent.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{db}"
-    elif url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return url
 
 
 @contextlib.contextmanager
@@ -112,9 +98,6 @@ def _pg_advisory_lock(url: str) -> Iterator[None]:
             finally:
                 conn.execute(sa.text("select pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
     except sa.exc.OperationalError as e:  # the server went away: name the backend, hide a password
-        from soilmoisture.backends import describe_sql_error
-        from soilmoisture.errors import BackendError
-
         raise BackendError("optuna storage", tracking.mask_url(url), describe_sql_error(e)) from e
     finally:
         engine.dispose()
@@ -141,9 +124,6 @@ def open_study(params: Params) -> Any:
                                  grace_period=t.grace_seconds,
                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
         except Exception as e:  # SQLAlchemy raises many kinds; name the backend, hide a password
-            from soilmoisture.backends import describe_sql_error
-            from soilmoisture.errors import BackendError
-
             raise BackendError("optuna storage", tracking.mask_url(url), describe_sql_error(e)) from e
         return optuna.create_study(study_name=t.study_name, storage=storage, direction="minimize",
                                    pruner=make_pruner(params), load_if_exists=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from soilmoisture.config import Params
 from soilmoisture.errors import DataError
+from soilmoisture.simulate.writers import scene_day
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,11 @@ REJECTED = "rejected"                         # under paths.landing: batches the
 
 
 def scene_date(name: str) -> dt.date | None:
-    """Acquisition day from a Sentinel-1/2 file name of the raw layout, None for any other name."""
-    from soilmoisture.sources import sentinel1, sentinel2
+    """Acquisition day of a Sentinel-1/2 scene name the simulator writes (:mod:`.writers`), None for any other.
 
-    for mod in (sentinel1, sentinel2):
-        m = mod.NAME_RE.match(name)
-        if m:
-            return dt.datetime.strptime(m.group(1), mod.DATE_FORMAT).date()
-    return None
+    The simulator's own naming, not the readers': it writes these files, it does not read them.
+    """
+    return scene_day(name)
 
 
 def scene_files(root: Path) -> list[Path]:

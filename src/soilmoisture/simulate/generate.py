@@ -269,7 +269,7 @@ def _region(region: Region, ridx: int, n_probes: int, seed: int, dates: np.ndarr
         stamp = f"{str(dates[d]).replace('-', '')}T{hhmmss}"
         iso = f"{dates[d]}T{hhmmss[:2]}:{hhmmss[2:4]}:{hhmmss[4:]}"
         arr = np.stack([vv, vh, inc]).reshape(3, tile, tile).astype(np.float32)
-        writers.write_tif(s1_dir / f"S1{sat}_IW_GRDH_1SDV_{stamp}_{direction}.tif", arr, crs, transform,
+        writers.write_tif(s1_dir / writers.s1_name(sat, stamp, direction), arr, crs, transform,
                           nodata=float("nan"), descriptions=["sigma0_vv", "sigma0_vh", "incidence_angle_deg"],
                           tags={"ACQUISITION_TIME": iso, "ORBIT_DIRECTION": "ASCENDING" if direction == "ASC"
                                 else "DESCENDING", "UNITS": "linear", "PLATFORM": f"SENTINEL-1{sat}"},
@@ -323,7 +323,7 @@ def _region(region: Region, ridx: int, n_probes: int, seed: int, dates: np.ndarr
         hh = region.s2_utc
         sat = "A" if k % 2 == 0 else "B"
         stamp = f"{str(dates[d]).replace('-', '')}T{hh}"
-        writers.write_tif(s2_dir / f"S2{sat}_MSIL2A_{stamp}_T{region.s2_tile}.tif", arr, crs, transform, nodata=0,
+        writers.write_tif(s2_dir / writers.s2_name(sat, stamp, region.s2_tile), arr, crs, transform, nodata=0,
                           descriptions=["B04", "B8A", "B12", "CLD", "SNW"],
                           tags={"ACQUISITION_TIME": f"{dates[d]}T{hh[:2]}:{hh[2:4]}:{hh[4:]}",
                                 "TILE_ID": region.s2_tile, "PROCESSING_LEVEL": "Level-2A",

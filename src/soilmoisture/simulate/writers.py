@@ -5,7 +5,9 @@ Text is formatted with numpy string ufuncs (no per-line Python loop): ~1.3 M hou
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,29 @@ def write_tif(path: Path, data: np.ndarray, crs: Any, transform: Any, nodata: fl
 
 def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# Sentinel scene names the simulator writes (docs/raw-layout.md): <stamp> = acquisition YYYYMMDDTHHMMSS (UTC).
+SCENE_STAMP_FORMAT = "%Y%m%dT%H%M%S"
+_SCENE_NAME_RE = re.compile(r"^S1[AB]_IW_GRDH_1SDV_(\d{8}T\d{6})_(?:ASC|DSC)\.tif$|^S2[AB]_MSIL2A_(\d{8}T\d{6})_T[^.]+\.tif$")
+
+
+def s1_name(sat: str, stamp: str, direction: str) -> str:
+    """A Sentinel-1 scene file name: ``sat`` A|B, ``stamp`` YYYYMMDDTHHMMSS, ``direction`` ASC|DSC."""
+    return f"S1{sat}_IW_GRDH_1SDV_{stamp}_{direction}.tif"
+
+
+def s2_name(sat: str, stamp: str, tile: str) -> str:
+    """A Sentinel-2 scene file name: ``sat`` A|B, ``stamp`` YYYYMMDDTHHMMSS, ``tile`` the MGRS tile id."""
+    return f"S2{sat}_MSIL2A_{stamp}_T{tile}.tif"
+
+
+def scene_day(name: str) -> dt.date | None:
+    """Acquisition day of a scene name written by :func:`s1_name`/:func:`s2_name`, None for any other name."""
+    m = _SCENE_NAME_RE.match(name)
+    if not m:
+        return None
+    return dt.datetime.strptime(m.group(1) or m.group(2), SCENE_STAMP_FORMAT).date()
 
 
 ECV_VERSION = "05.2"
