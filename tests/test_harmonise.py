@@ -79,7 +79,7 @@ def test_probe_with_no_valid_day_is_reported_and_excluded(ingested):
     _, daily, probes, report = ingested
     assert "Empty" not in probes.index and "Empty" not in daily.index.get_level_values(0)
     (ex,) = report["probes_excluded"]
-    assert ex["probe_id"] == "Empty" and "quality-flag" in ex["reason"]
+    assert ex["probe_id"] == "Empty" and "carries a kept quality flag" in ex["reason"]
 
 
 def test_sigma0_equals_the_raster_value_at_the_probe_pixel(ingested):

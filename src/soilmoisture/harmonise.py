@@ -110,6 +110,7 @@ def harmonise_frames(
     ssm_flag_threshold: float = 0.5,
     require_ssm: bool = True,
     report: dict[str, Any] | None = None,
+    source_reasons: dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Build the daily table (schema.DAILY_COLUMNS + optional columns present) and the probe table.
 
@@ -121,7 +122,8 @@ def harmonise_frames(
     ``products``: frames with ecv_sm / csm; ``static``: probe_id + static PROBE_COLUMNS (override
     values from ``probes`` where they are known). Rows outside ``dates`` are dropped. A probe with no
     valid SSM day is excluded (the reason goes to ``report['probes_excluded']``) unless
-    ``require_ssm`` is False (prediction: inputs without a target). Free of file access.
+    ``require_ssm`` is False (prediction: inputs without a target); ``source_reasons`` (probe -> why the
+    reader found no SSM value, e.g. every value carries a removed ISMN flag) words its reason. Free of file access.
     """
     report = {} if report is None else report
     dates = pd.DatetimeIndex(pd.to_datetime(dates)).normalize().astype("datetime64[ns]")
@@ -185,14 +187,20 @@ def harmonise_frames(
     valid = grid.groupby("probe_id", sort=False)["ssm"].count()
     in_range = ssm.notna().groupby(grid["probe_id"].to_numpy()).sum()
     raw_ok: set[str] = set()
+    raw_rows: dict[str, int] = {}
     if in_situ is not None and not in_situ.empty and "ssm" in in_situ:
         raw_ok = set(in_situ.loc[in_situ["ssm"].notna(), "probe_id"].astype(str))
+        raw_rows = in_situ["probe_id"].astype(str).value_counts().to_dict()
     excluded = []
     for pid in probes["probe_id"]:
         if valid.get(pid, 0) > 0 or not require_ssm:
             continue
-        if pid not in raw_ok:
-            reason = "no SSM value in the source (none passed the depth and quality-flag filters)"
+        if pid in (source_reasons or {}):
+            reason = f"no SSM value in the source: {source_reasons[pid]}"  # type: ignore[index]
+        elif pid not in raw_ok and raw_rows.get(pid, 0):
+            reason = f"no SSM value in the source: all {raw_rows[pid]} of its daily SSM values are missing (NaN)"
+        elif pid not in raw_ok:
+            reason = "no SSM value in the source: it has no in-situ row at all"
         elif in_range.get(pid, 0) == 0:
             reason = f"no SSM observation between {dates[0]:%Y-%m-%d} and {dates[-1]:%Y-%m-%d}"
         else:
@@ -378,7 +386,7 @@ def read_rasters(raw: Path, probes: pd.DataFrame, params: Params, workers: int |
     return out
 
 
-def _read_simulated(raw: Path, params: Params) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+def _read_simulated(raw: Path, params: Params, report: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     from soilmoisture.sources.icos import read_icos
     from soilmoisture.sources.ismn import read_ismn
 
@@ -388,7 +396,7 @@ def _read_simulated(raw: Path, params: Params) -> tuple[pd.DataFrame, pd.DataFra
     days, probes = [], []
     if (raw / "ismn").is_dir():
         d, p = read_ismn(raw / "ismn", params.path(params.paths.work) / "ismn",
-                         params.ingest.ssm_max_depth_m, params.ingest.ismn_quality_flags)
+                         params.ingest.ssm_max_depth_m, params.ingest.ismn_quality_flags, report=report)
         days.append(d)
         probes.append(p)
     if (raw / "icos" / "sites.csv").is_file():
@@ -413,14 +421,15 @@ def build(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     src = params.data.source
     raw = params.path(params.paths.raw)
     extra: dict[str, Any] = {}
+    report: dict[str, Any] = {"source": src}
     if src == "simulated":
-        in_situ, probes, extra = _read_simulated(raw, params)
+        in_situ, probes, extra = _read_simulated(raw, params, report)
     elif src == "remedhus":
         in_situ, probes = read_remedhus(params.path(params.data.remedhus_csv))  # type: ignore[arg-type]
     else:  # ismn
         in_situ, probes = read_ismn(params.path(params.data.ismn_archive),  # type: ignore[arg-type]
                                     params.path(params.paths.work) / "ismn",
-                                    params.ingest.ssm_max_depth_m, params.ingest.ismn_quality_flags)
+                                    params.ingest.ssm_max_depth_m, params.ingest.ismn_quality_flags, report=report)
         if probes.empty:
             raise DataError(params.data.ismn_archive, "no station with soil moisture within "
                             f"0-{params.ingest.ssm_max_depth_m} m (ingest.ssm_max_depth_m) and flags "
@@ -428,17 +437,20 @@ def build(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
         probes["region"] = [_region_of(n) for n in probes["network"]]
         if raw.is_dir():  # optional rasters in the raw layout
             extra = read_rasters(raw, probes, params)
-    report: dict[str, Any] = {"source": src}
     ing, q = params.ingest, params.quality
     daily, probe_table = harmonise_frames(
         probes, params.data.dates, in_situ,
         sigma0=extra.get("sigma0"), vi=extra.get("vi"), weather=extra.get("weather"),
         products=extra.get("products"), static=extra.get("static"),
         sigma0_zscore=ing.sigma0_zscore, sigma0_max=ing.sigma0_max, vi_max_gap_days=ing.vi_max_gap_days,
-        dry_day_mm=ing.dry_day_mm, ssm_flag_threshold=q.ssm_flag_threshold, report=report)
+        dry_day_mm=ing.dry_day_mm, ssm_flag_threshold=q.ssm_flag_threshold, report=report,
+        source_reasons=(report.get("ismn") or {}).get("no_kept_values"))
     if probe_table.empty:
+        ex = report["probes_excluded"]
+        more = f" (and {len(ex) - 2} more probes)" if len(ex) > 2 else ""
         raise DataError(None, f"no probe has a valid SSM day between {params.data.start} and {params.data.end}; "
-                              f"excluded: {report['probes_excluded'][:5]}", field="data.start/data.end")
+                              + "; ".join(f"probe {e['probe_id']}: {e['reason']}" for e in ex[:2]) + more,
+                        field="data.start/data.end")
     return daily, probe_table, report
 
 

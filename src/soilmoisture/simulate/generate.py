@@ -514,10 +514,13 @@ def _write_ismn(folder: Path, region: Region, probes: list[tuple[str, int]], dat
         flags[frozen_h] = "D01"
         lat, lon, elev = float(info["lat"][i]), float(info["lon"][i]), float(info["elev"][i])
         base = f"{net}_{net}_{station}"
-        writers.write_stm(sdir / f"{base}_sm_0.000000_0.050000_{region.probe_sensor}_{d0}_{d1}.stm", net, station,
+        # ISMN names a file by the first and last day it holds (a gap at the end shortens the name's range).
+        s0, s1 = writers.ismn_range(stamps, sm, d0, d1)
+        writers.write_stm(sdir / f"{base}_sm_0.000000_0.050000_{region.probe_sensor}_{s0}_{s1}.stm", net, station,
                           lat, lon, elev, (0.0, 0.05), region.probe_sensor, stamps, sm, flags, 4)
         ts_vals = np.where(miss, np.nan, ts_h)
-        writers.write_stm(sdir / f"{base}_ts_0.050000_0.050000_{region.probe_sensor}_{d0}_{d1}.stm", net, station,
+        s0, s1 = writers.ismn_range(stamps, ts_vals, d0, d1)
+        writers.write_stm(sdir / f"{base}_ts_0.050000_0.050000_{region.probe_sensor}_{s0}_{s1}.stm", net, station,
                           lat, lon, elev, (0.05, 0.05), region.probe_sensor, stamps, ts_vals,
                           np.full(len(stamps), "G", dtype="S3"), 2)
         writers.write_ismn_static(sdir / f"{base}_static_variables.csv", float(info["clay"][i]),

@@ -70,6 +70,14 @@ def ismn_stamps(dates: np.ndarray) -> np.ndarray:
     return np.strings.replace(np.strings.replace(s, "-", "/"), "T", " ").astype("S16")
 
 
+def ismn_range(stamps: np.ndarray, values: np.ndarray, d0: str, d1: str) -> tuple[str, str]:
+    """('YYYYmmdd', 'YYYYmmdd') of the first and last reading :func:`write_stm` writes (``d0``, ``d1`` if none)."""
+    keep = np.nonzero(np.isfinite(values))[0]
+    if not len(keep):
+        return d0, d1
+    return tuple(stamps[i][:10].decode().replace("/", "") for i in (keep[0], keep[-1]))  # type: ignore[return-value]
+
+
 def write_stm(path: Path, network: str, station: str, lat: float, lon: float, elev: float, depth: tuple[float, float],
               sensor: str, stamps: np.ndarray, values: np.ndarray, flags: np.ndarray, decimals: int) -> None:
     """One ISMN header+values file; rows whose value is NaN are left out (ISMN writes no fill values)."""
