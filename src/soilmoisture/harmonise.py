@@ -2,8 +2,9 @@
 
 :func:`run` is the ``ingest`` stage: it reads the source chosen by ``data.source`` with the readers in
 :mod:`soilmoisture.sources`, calls the pure :func:`harmonise_frames` (no file access; also used by
-tests and the prediction command) and writes ``daily.parquet``, ``probes.parquet`` and
+tests) and writes ``daily.parquet``, ``probes.parquet`` and
 ``ingest_report.json`` to ``paths.interim`` atomically (all three computed first, then renamed).
+:func:`read_for_prediction` is the same step for the inputs of ``soilmoisture predict`` (STYLE: one input path).
 
 Data rules (thesis 3.2): frozen days (TS_max <= 0 degC) lose their SSM (3.2.1); SSM above
 ``quality.ssm_flag_threshold`` is flagged, not dropped (DESIGN); sigma0 outliers are removed per
@@ -451,6 +452,95 @@ def build(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
         raise DataError(None, f"no probe has a valid SSM day between {params.data.start} and {params.data.end}; "
                               + "; ".join(f"probe {e['probe_id']}: {e['reason']}" for e in ex[:2]) + more,
                         field="data.start/data.end")
+    return daily, probe_table, report
+
+
+# Plausible ranges of a daily table's columns in the contract's units (docs/data.md): a value outside says the
+# column is in other units (sigma0 in dB, SSM in %, temperature in K), which is refused rather than guessed.
+UNIT_CHECKS = {"sigma0_vv": (0.0, None, "linear power ratio (negative values are dB)"),
+               "sigma0_vh": (0.0, None, "linear power ratio (negative values are dB)"),
+               "ssm": (None, 1.0, "m3/m3 (values above 1 are %)"),
+               "precip_mm": (0.0, None, "mm per day"),
+               "ts_max": (None, 80.0, "degC (values above 80 are K)"),
+               "ta_mean": (None, 80.0, "degC (values above 80 are K)")}
+
+
+def check_units(daily: pd.DataFrame, path: Path) -> None:
+    """DataError naming the file and column when a daily column is outside its unit's plausible range."""
+    for col, (lo, hi, unit) in UNIT_CHECKS.items():
+        if col not in daily.columns:
+            continue
+        v = pd.to_numeric(daily[col], errors="coerce")
+        if lo is not None and (v < lo).any():
+            raise DataError(path, f"negative values (e.g. {v[v < lo].iloc[0]:g}); expected {unit}", field=col)
+        if hi is not None and (v > hi).any():
+            raise DataError(path, f"values above {hi:g} (e.g. {v[v > hi].iloc[0]:g}); expected {unit}", field=col)
+
+
+# Columns only harmonise writes: a daily table holding them has been through the data rules already.
+HARMONISED_MARKERS = ("frozen", "sigma0_outlier")
+
+
+def read_for_prediction(path: Path, params: Params, probes_path: Path | None = None
+                        ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """An input of ``soilmoisture predict`` through the ingest step: (daily, probes, report).
+
+    The same readers and the same data rules as :func:`build` (``ingest.*``, ``quality.ssm_flag_threshold``):
+    the REMEDHUS export (``.csv``), an ISMN archive (``.zip`` or folder), or a daily table (Parquet; its probe
+    table ``probes_path``, default ``probes.parquet`` beside it). A daily table written by ingest (it holds
+    ``frozen`` and ``sigma0_outlier``) is taken as it is: applying the sigma0 z-score twice would remove more.
+    The daily range is the input's own; probes without any SSM are kept (they are predicted, not trained on).
+    """
+    from soilmoisture.sources.ismn import read_ismn
+    from soilmoisture.sources.remedhus import read_remedhus
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "input file not found")
+    suffix = path.suffix.lower()
+    report: dict[str, Any] = {"source": str(path)}
+    if suffix == ".csv":
+        in_situ, probes = read_remedhus(path)
+    elif suffix == ".zip" or path.is_dir():
+        in_situ, probes = read_ismn(path, params.path(params.paths.work) / "ismn", params.ingest.ssm_max_depth_m,
+                                    params.ingest.ismn_quality_flags)
+        probes["region"] = [_region_of(n) for n in probes["network"]]
+    elif suffix == ".parquet":
+        try:
+            in_situ = pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises several types for a non-Parquet file
+            raise DataError(path, f"not a readable Parquet file: {e}") from None
+        for col in ("probe_id", "date"):
+            if col not in in_situ.columns:
+                raise DataError(path, "column is missing from the daily table", field=col)
+        probes_path = Path(probes_path) if probes_path else path.with_name("probes.parquet")
+        if not probes_path.is_file():
+            raise DataError(probes_path, "probe table not found (give --probes; columns probe_id, network, region)")
+        try:
+            probes = pd.read_parquet(probes_path)
+        except Exception as e:
+            raise DataError(probes_path, f"not a readable Parquet file: {e}") from None
+        for col in ("probe_id", "network", "region"):
+            if col not in probes.columns:
+                raise DataError(probes_path, "column is missing from the probe table", field=col)
+        check_units(in_situ, path)
+        if all(c in in_situ.columns for c in HARMONISED_MARKERS):
+            report["harmonised"] = "input already written by ingest: taken as it is"
+            return in_situ, probes, report
+    else:
+        raise DataError(path, "unsupported input: expected the REMEDHUS export (.csv), an ISMN archive (.zip or "
+                              "folder) or a daily table (.parquet)")
+    if in_situ.empty:
+        raise DataError(path, "no daily value in the input")
+    for c in ("lat", "lon"):
+        if c not in probes.columns:
+            probes[c] = np.nan
+    dates = pd.date_range(pd.to_datetime(in_situ["date"]).min(), pd.to_datetime(in_situ["date"]).max(), freq="D")
+    ing, q = params.ingest, params.quality
+    daily, probe_table = harmonise_frames(
+        probes, dates, in_situ, sigma0_zscore=ing.sigma0_zscore, sigma0_max=ing.sigma0_max,
+        vi_max_gap_days=ing.vi_max_gap_days, dry_day_mm=ing.dry_day_mm, ssm_flag_threshold=q.ssm_flag_threshold,
+        require_ssm=False, report=report)
     return daily, probe_table, report
 
 

@@ -91,8 +91,9 @@ def baseline_metric(baseline: str, metric: str) -> str:
     return f"baseline_{baseline}_{metric}"
 
 
-def registered_model_name(prefix: str, variant: str) -> str:
-    return f"{prefix}-{variant}"
+def registered_model_name(prefix: str, variant: str, mode: str = "unseen_site") -> str:
+    """``<prefix>-<variant>``; a known-site model (another product: it knows its probes) ``...-known-site``."""
+    return f"{prefix}-{variant}" + ("-known-site" if mode == "known_site" else "")
 
 
 def mask_url(url: str) -> str:

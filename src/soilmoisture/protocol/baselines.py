@@ -40,9 +40,13 @@ def network_day(y: np.ndarray, pool_idx: np.ndarray, networks: list[str], networ
     return np.where(np.isfinite(out), out, fallback).astype(np.float64)
 
 
-def climatology(y_probe: np.ndarray, dates: pd.DatetimeIndex, train_days: np.ndarray, fallback: float,
-                window: int = CLIMATOLOGY_WINDOW_DAYS) -> np.ndarray:
-    """(T,) the probe's day-of-year climatology from its own observations on ``train_days`` (bool (T,))."""
+def climatology_table(y_probe: np.ndarray, dates: pd.DatetimeIndex, train_days: np.ndarray, fallback: float,
+                      window: int = CLIMATOLOGY_WINDOW_DAYS) -> np.ndarray:
+    """(366,) the probe's day-of-year climatology (index = day of year - 1) from its observations on ``train_days``.
+
+    Days of year without a value in the window hold the probe's own training mean (``fallback`` without one),
+    so a known-site model can store the table and look up any date (``model/site.py``).
+    """
     doy = np.asarray(dates.day_of_year) - 1
     obs = np.where(np.asarray(train_days, dtype=bool), y_probe, np.nan)
     sums, cnts = np.zeros(366), np.zeros(366)
@@ -52,7 +56,13 @@ def climatology(y_probe: np.ndarray, dates: pd.DatetimeIndex, train_days: np.nda
     kernel = np.ones(2 * window + 1)
     wrap = lambda a: np.convolve(np.concatenate([a[-window:], a, a[:window]]), kernel, mode="valid")  # noqa: E731
     s, c = wrap(sums), wrap(cnts)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        clim = np.where(c > 0, s / np.maximum(c, 1), np.nan)[doy]
     own = float(np.nanmean(obs)) if ok.any() else fallback
-    return np.where(np.isfinite(clim), clim, own).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(c > 0, s / np.maximum(c, 1), own).astype(np.float64)
+
+
+def climatology(y_probe: np.ndarray, dates: pd.DatetimeIndex, train_days: np.ndarray, fallback: float,
+                window: int = CLIMATOLOGY_WINDOW_DAYS) -> np.ndarray:
+    """(T,) the probe's day-of-year climatology from its own observations on ``train_days`` (bool (T,))."""
+    table = climatology_table(y_probe, dates, train_days, fallback, window)
+    return table[np.asarray(dates.day_of_year) - 1]

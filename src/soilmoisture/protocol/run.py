@@ -26,7 +26,6 @@ from soilmoisture import tracking
 from soilmoisture.config import Params
 from soilmoisture.errors import DataError, ProtocolError
 from soilmoisture.protocol import baselines as bl
-from soilmoisture.protocol.calibration import site_calibration
 from soilmoisture.protocol.folds import FoldPlan, norm_stats, plan_final, plan_known_site, plan_unseen_site
 
 log = logging.getLogger(__name__)
@@ -253,12 +252,10 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
 
     # Train: every fold model in one request (the jax engine splits internally); the final model joins
     # it when it trains on the same targets.
-    if not register:
+    if not register or pr.mode == "known_site":   # known site registers its evaluated members (known_site.py)
         groups = [(plans, stats, y_fold)]
-    elif pr.mode == "unseen_site":
-        groups = [(plans + [final], stats + [final_stats], y_fold)]
     else:
-        groups = [(plans, stats, y_fold), ([final], [final_stats], y)]
+        groups = [(plans + [final], stats + [final_stats], y_fold)]
     t0, wall0 = time.perf_counter(), int(time.time() * 1000)
     if pr.target == "anomaly":  # same requests on anomaly targets (val loss too); the final model on y_net
         groups = [(g[0], g[1], y_fold_net if g[2] is y_fold else y_net) for g in groups]
@@ -277,16 +274,24 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
     from soilmoisture.model.keras_model import build_model, predict_normalised
 
     net = build_model(hp, x.shape[-1])
+    site = None
+    if pr.mode == "known_site":  # the registered model's own numbers: members, calibration, interval
+        from soilmoisture.protocol.known_site import build_site_model
+
+        site = build_site_model(params, tens, y, y_fold, eval_days, plans, weights, stats, own_level, net)
     pred_frames, fold_rows, val_rows = [], [], []
     members: dict[int, list[np.ndarray]] = {}      # test probe -> member predictions (T,)
     val_resid: dict[int, list[np.ndarray]] = {}    # test probe -> its members' validation residuals
     for m, plan in enumerate(plans):
         net.set_weights(weights[m])
-        pred = predict_normalised(net, normalise(x[plan.test_idx], *all_stats[m]))
         tmean = bl.train_mean(y_fold, plan.train_idx)
         level_of = _level_function(pr, plan, own_level, level_z)
-        if level_of is not None:
-            pred = pred + level_of(plan.test_idx)[:, None]
+        if site is not None:
+            uncal, pred = site.uncalibrated[m][site.rows(plan.test_idx)], site.members[m][site.rows(plan.test_idx)]
+        else:
+            pred = predict_normalised(net, normalise(x[plan.test_idx], *all_stats[m]))
+            if level_of is not None:
+                pred = pred + level_of(plan.test_idx)[:, None]
         if len(plan.val_idx):
             rows, resid = _validation_scores(net, x, y, tens, plan, m, all_stats[m], tmean, level_of)
             val_rows += rows
@@ -295,9 +300,9 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
         for k, p in enumerate(plan.test_idx):
             base = _baselines(pr.mode, y, tens, plan, int(p), eval_days, tmean)
             if pr.mode == "known_site" and pr.site_calibration:
-                # The probe's own past calibrates the network (DESIGN: known site, new period).
-                base["uncalibrated_model"] = pred[k].astype(np.float64)
-                pred[k] = site_calibration(y[p], pred[k], base["climatology"], ~eval_days)
+                # The probe's own past calibrates the network (DESIGN: known site, new period); pred holds the
+                # calibrated members already (protocol/known_site.py), the network alone is a baseline.
+                base["uncalibrated_model"] = uncal[k].astype(np.float64)
             obs = np.where(eval_days, y[p], np.nan)
             members.setdefault(int(p), []).append(pred[k].astype(np.float64))
             row = {"model_index": m, "probe_id": ids[p], "repeat": plan.repeat, "seed": plan.seed,
@@ -322,7 +327,11 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
                         len(weights), len(skipped), validation=validation,
                         ensemble=pd.concat(ens_frames, ignore_index=True) if ens_frames else None,
                         interval_nominal=pr.interval)
-    if register:
+    if register and site is not None:
+        from soilmoisture.protocol.known_site import register_site_model
+
+        register_site_model(params, client, exp_id, rid, engine_name, site.model, train_loss)
+    elif register:
         level_meta = None
         if own_level is not None:
             from soilmoisture.protocol.level import fit_level
