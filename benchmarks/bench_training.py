@@ -1,4 +1,4 @@
-"""Benchmark: the plain per-model Keras loop vs the JAX many-models engine on the thesis protocol.
+"""Benchmark: the native engine on the thesis protocol, against the JAX engine and the plain Keras loop.
 
 Bench size (thesis 3.3, 4.2): 61 probes x 883 days, leave-one-probe-out x 10 repeats = 610 models, 20 epochs,
 batch size 1, 48 training and 12 validation probes per model. The data are synthetic arrays of the right
@@ -6,9 +6,14 @@ shape with ~60 % observed targets: the cost does not depend on the values.
 
     .venv/bin/python benchmarks/bench_training.py                         # full protocol (once, near the end)
     .venv/bin/python benchmarks/bench_training.py --models 32 --epochs 2  # quick check, extrapolated
+    .venv/bin/python benchmarks/bench_training.py --engine jax            # the JAX engine on the full protocol
 
-Prints seconds per model-epoch of both, their ratio and the engine's wall time (measured, and extrapolated
-to the full protocol when run smaller), then a Markdown block for benchmarks/RESULTS.md.
+In one run: the engine under test (``--engine``, default native) on ``--models`` x ``--epochs``, a sample of
+the JAX engine (``--jax-models``, same folds) and of the plain Keras loop (``--keras-models``), each in
+wall and CPU seconds per model-epoch, and their ratios (CPU ratios do not depend on what else the machine
+runs). The native kernel is compiled into a fresh cache first (``--warm-cache`` reuses the project's), so
+the engine's time includes compilation; start-up (interpreter, imports) is reported beside it. Prints a
+Markdown block for benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -135,6 +140,41 @@ def bench_jax(req, processes: int | None, group_size: int | None) -> dict:
             "final_train_mae_mean": float(np.mean(res.train_loss[:, -1]))}
 
 
+def bench_native(req, threads: int | None) -> dict:
+    from soilmoisture.model import native_build, native_engine
+
+    c0 = _cpu()
+    t0 = time.perf_counter()
+    native_build.load(req.hp.units)                              # compilation (fresh cache) counts
+    build = time.perf_counter() - t0
+    build_cpu = _cpu() - c0
+    res = native_engine.fit_many(req, threads=threads, progress=False)
+    total = time.perf_counter() - t0
+    cpu = _cpu() - c0
+    m, e = req.n_models, req.epochs
+    assert np.all(np.isfinite(res.train_loss)), "engine produced non-finite losses"
+    train_per = (total - build) / (m * e)
+    train_cpu_per = (cpu - build_cpu) / (m * e)
+    return {"models": m, "epochs": e, "seconds": total, "build_seconds": build, "threads": res.info["threads"],
+            "per_model_epoch": total / (m * e), "cpu_per_model_epoch": cpu / (m * e),
+            "train_per_model_epoch": train_per, "train_cpu_per_model_epoch": train_cpu_per,
+            # the build once, then training at this run's rate; on idle cores the wall time would be about
+            # the CPU time / threads (one core per thread)
+            "full_protocol_estimate": build + train_per * FULL_MODELS * FULL_EPOCHS,
+            "full_protocol_idle_estimate": build_cpu + train_cpu_per * FULL_MODELS * FULL_EPOCHS / res.info["threads"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "final_train_mae_mean": float(np.mean(res.train_loss[:, -1]))}
+
+
+def _since_process_start() -> float:
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except ImportError:
+        return float("nan")
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -164,15 +204,44 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--keras-models", type=int, default=3, help="models for the plain Keras loop (>= 2)")
     ap.add_argument("--keras-epochs", type=int, default=1)
     ap.add_argument("--skip-keras", action="store_true")
-    ap.add_argument("--processes", type=int, default=None, help="engine worker processes (default: engine's)")
-    ap.add_argument("--group-size", type=int, default=None, help="models per compiled call (default: engine's)")
+    ap.add_argument("--engine", choices=("native", "jax"), default="native", help="engine on --models x --epochs")
+    ap.add_argument("--jax-models", type=int, default=16, help="JAX engine sample (0: none) when --engine native")
+    ap.add_argument("--jax-epochs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="native engine threads (default: one per core)")
+    ap.add_argument("--warm-cache", action="store_true", help="reuse the compiled native kernel (default: build)")
+    ap.add_argument("--processes", type=int, default=None, help="JAX worker processes (default: engine's)")
+    ap.add_argument("--group-size", type=int, default=None, help="JAX models per compiled call (default: engine's)")
     args = ap.parse_args(argv)
+    startup = _since_process_start()
+    if args.warm_cache or args.engine != "native":
+        return _main(args, argv, startup)
+    import tempfile
+
+    from soilmoisture.model import native_build
+
+    # A fresh, empty kernel cache: the engine's time includes compiling the kernel.
+    saved = os.environ.get(native_build.ENV_CACHE)
+    with tempfile.TemporaryDirectory(prefix="bench-native-") as tmp:
+        os.environ[native_build.ENV_CACHE] = tmp
+        native_build._LOADED.clear()
+        try:
+            _main(args, argv, startup)
+        finally:
+            native_build._LOADED.clear()
+            if saved is None:
+                os.environ.pop(native_build.ENV_CACHE, None)
+            else:
+                os.environ[native_build.ENV_CACHE] = saved
+
+
+def _main(args, argv, startup: float) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("jax._src.xla_bridge", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     load_before = load()
-    req = make_request(args.probes, args.days, args.features, max(args.models, args.keras_models), args.epochs)
+    req = make_request(args.probes, args.days, args.features, max(args.models, args.keras_models, args.jax_models),
+                       args.epochs)
     n_train = len(req.train_idx[0])
     log.info("request: %d probes x %d days x %d features, %d training series per model",
              args.probes, args.days, args.features, n_train)
@@ -180,23 +249,36 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_keras:
         keras = bench_keras(req, args.keras_models, args.keras_epochs)
         log.info("keras: %s", keras)
-    eng_req = dataclasses.replace(req, mean=req.mean[:args.models], std=req.std[:args.models],
-                                  train_idx=req.train_idx[:args.models], val_idx=req.val_idx[:args.models],
-                                  seeds=req.seeds[:args.models])
-    jax_res = bench_jax(eng_req, args.processes, args.group_size)
-    log.info("jax: %s", jax_res)
-    load_after = load()
 
+    def first(n: int, epochs: int):
+        return dataclasses.replace(req, mean=req.mean[:n], std=req.std[:n], train_idx=req.train_idx[:n],
+                                   val_idx=req.val_idx[:n], seeds=req.seeds[:n], epochs=epochs)
+
+    native = None
+    jax_res = None
+    if args.engine == "native":
+        native = bench_native(first(args.models, args.epochs), args.threads)
+        log.info("native: %s", native)
+        if args.jax_models:
+            jax_res = bench_jax(first(args.jax_models, args.jax_epochs), args.processes, args.group_size)
+            log.info("jax: %s", jax_res)
+    else:
+        jax_res = bench_jax(first(args.models, args.epochs), args.processes, args.group_size)
+        log.info("jax: %s", jax_res)
+    load_after = load()
+    print("\n".join(report(args, argv, n_train, startup, load_before, load_after, keras, jax_res, native)))
+
+
+def report(args, argv, n_train, startup, load_before, load_after, keras, jax_res, native) -> list[str]:
     full = FULL_MODELS * FULL_EPOCHS
     measured_full = args.models == FULL_MODELS and args.epochs == FULL_EPOCHS
-    est_full = jax_res["seconds"] if measured_full else jax_res["full_protocol_estimate"]
-    per_me = jax_res["per_model_epoch"] if measured_full else jax_res["steady_per_model_epoch"]
     lines = [
         f"- Command: `.venv/bin/python benchmarks/bench_training.py {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip(),
         f"- Machine: {machine()}",
         f"- Load before: `{load_before}`; after: `{load_after}`",
         f"- Data: {args.probes} probes x {args.days} days x {args.features} features, {n_train} training series "
         f"per model per epoch (batch 1), ~60 % observed targets (synthetic)",
+        f"- Start-up before the first engine call (interpreter, imports, synthetic data): {startup:.1f} s",
     ]
     if keras:
         lines.append(f"- Plain Keras loop (`keras_engine.fit_many`, {keras['models']} models x {keras['epochs']} "
@@ -205,24 +287,53 @@ def main(argv: list[str] | None = None) -> None:
                      f"at that rate: {keras['per_model_epoch'] * full / 3600:.1f} h; "
                      f"{keras['steady_cpu_per_model_epoch']:.2f} CPU-s per model-epoch steady state "
                      f"({keras['cpu_per_model_epoch']:.2f} including tracing)")
-    lines.append(f"- JAX engine ({jax_res['models']} models x {jax_res['epochs']} epochs, {jax_res['processes']} "
-                 f"processes, groups of {jax_res['group_size']}): {jax_res['seconds']:.1f} s wall, "
-                 f"{jax_res['per_model_epoch'] * 1000:.1f} ms per model-epoch overall (start-up and compilation "
-                 f"included), {jax_res['steady_per_model_epoch'] * 1000:.1f} ms steady state "
-                 f"({jax_res['group_epoch_seconds']:.2f} s per group-epoch per process); "
-                 f"{jax_res['cpu_per_model_epoch'] * 1000:.1f} CPU-ms per model-epoch (all processes, start-up "
-                 f"and compilation included), {jax_res['steady_cpu_per_model_epoch'] * 1000:.1f} CPU-ms steady "
-                 f"state ({jax_res['group_epoch_cpu']:.2f} CPU-s per group-epoch)")
-    lines.append(f"- Full protocol (610 models x 20 epochs) with the engine: {est_full / 60:.1f} min "
-                 f"({'measured' if measured_full else 'extrapolated from this run'}); from CPU time, on 2 idle "
-                 f"cores: {jax_res['full_protocol_idle_estimate'] / 60:.1f} min")
-    if keras:
-        lines.append(f"- Speed-up per model-epoch (Keras steady state / engine "
-                     f"{'overall' if measured_full else 'steady state'}): {keras['per_model_epoch'] / per_me:.0f}x "
-                     f"wall; {keras['steady_cpu_per_model_epoch'] / jax_res['steady_cpu_per_model_epoch']:.0f}x in CPU "
-                     f"time (steady state; including start-up and compilation: "
-                     f"{keras['cpu_per_model_epoch'] / jax_res['cpu_per_model_epoch']:.0f}x)")
-    print("\n".join(lines))
+    if jax_res:
+        lines.append(f"- JAX engine ({jax_res['models']} models x {jax_res['epochs']} epochs, {jax_res['processes']} "
+                     f"processes, groups of {jax_res['group_size']}): {jax_res['seconds']:.1f} s wall, "
+                     f"{jax_res['per_model_epoch'] * 1000:.1f} ms per model-epoch overall (start-up and compilation "
+                     f"included), {jax_res['steady_per_model_epoch'] * 1000:.1f} ms steady state "
+                     f"({jax_res['group_epoch_seconds']:.2f} s per group-epoch per process); "
+                     f"{jax_res['cpu_per_model_epoch'] * 1000:.1f} CPU-ms per model-epoch (all processes, start-up "
+                     f"and compilation included), {jax_res['steady_cpu_per_model_epoch'] * 1000:.1f} CPU-ms steady "
+                     f"state ({jax_res['group_epoch_cpu']:.2f} CPU-s per group-epoch); full protocol at that rate "
+                     f"{jax_res['full_protocol_estimate'] / 60:.1f} min ({jax_res['full_protocol_idle_estimate'] / 60:.1f} "
+                     f"min on 2 idle cores from CPU time)")
+    if native:
+        lines.append(f"- Native engine ({native['models']} models x {native['epochs']} epochs, {native['threads']} "
+                     f"threads): {native['seconds']:.1f} s wall including {native['build_seconds']:.1f} s "
+                     f"{'loading the cached kernel' if args.warm_cache else 'compiling the kernel'}; "
+                     f"{native['per_model_epoch'] * 1000:.1f} ms per model-epoch wall, "
+                     f"{native['cpu_per_model_epoch'] * 1000:.1f} CPU-ms per model-epoch (after the build: "
+                     f"{native['train_per_model_epoch'] * 1000:.1f} ms wall, "
+                     f"{native['train_cpu_per_model_epoch'] * 1000:.1f} CPU-ms); peak RSS "
+                     f"{native['peak_rss_mb']:.0f} MB")
+        est = native["seconds"] if measured_full else native["full_protocol_estimate"]
+        lines.append(f"- Full protocol (610 models x 20 epochs) with the native engine: {est / 60:.2f} min wall "
+                     f"({'measured' if measured_full else 'extrapolated from this run'}; + {startup:.1f} s "
+                     f"start-up); from CPU time, on 2 idle cores: "
+                     f"{native['full_protocol_idle_estimate'] / 60:.2f} min")
+        if jax_res:
+            lines.append(f"- Native vs JAX engine per model-epoch (steady state, after compilation): "
+                         f"{jax_res['steady_cpu_per_model_epoch'] / native['train_cpu_per_model_epoch']:.1f}x in CPU "
+                         f"time, {jax_res['steady_per_model_epoch'] / native['train_per_model_epoch']:.1f}x wall")
+        if keras:
+            lines.append(f"- Native vs plain Keras loop per model-epoch: "
+                         f"{keras['steady_cpu_per_model_epoch'] / native['cpu_per_model_epoch']:.0f}x in CPU time, "
+                         f"{keras['per_model_epoch'] / native['per_model_epoch']:.0f}x wall (Keras steady state; "
+                         f"native including compilation; goal >= 300x)")
+    elif jax_res:
+        est_full = jax_res["seconds"] if measured_full else jax_res["full_protocol_estimate"]
+        per_me = jax_res["per_model_epoch"] if measured_full else jax_res["steady_per_model_epoch"]
+        lines.append(f"- Full protocol (610 models x 20 epochs) with the JAX engine: {est_full / 60:.1f} min "
+                     f"({'measured' if measured_full else 'extrapolated from this run'}); from CPU time, on 2 idle "
+                     f"cores: {jax_res['full_protocol_idle_estimate'] / 60:.1f} min")
+        if keras:
+            lines.append(f"- Speed-up per model-epoch (Keras steady state / engine "
+                         f"{'overall' if measured_full else 'steady state'}): {keras['per_model_epoch'] / per_me:.0f}x "
+                         f"wall; {keras['steady_cpu_per_model_epoch'] / jax_res['steady_cpu_per_model_epoch']:.0f}x in CPU "
+                         f"time (steady state; including start-up and compilation: "
+                         f"{keras['cpu_per_model_epoch'] / jax_res['cpu_per_model_epoch']:.0f}x)")
+    return lines
 
 
 if __name__ == "__main__":  # spawn workers re-import __main__: keep the guard

@@ -317,6 +317,17 @@ def test_engine_falls_back_to_keras_for_cells_the_jax_engine_lacks(caplog):
     assert (engine, name) == (keras_engine, "keras") and "keras" in caplog.text
 
 
+def test_native_engine_is_chosen_for_the_lstm_and_falls_back_for_other_cells(caplog):
+    from soilmoisture.model import keras_engine, native_engine
+    from soilmoisture.protocol.run import engine_group_size, get_engine
+
+    assert get_engine("native", "lstm") == (native_engine, "native")
+    assert engine_group_size("native") == 1
+    with caplog.at_level("WARNING"):
+        engine, name = get_engine("native", "conv1d")
+    assert (engine, name) == (keras_engine, "keras") and "native engine does not support" in caplog.text
+
+
 def test_predict_reads_the_real_remedhus_export(unseen_run, shared_data, tmp_path):
     from soilmoisture import cli
 

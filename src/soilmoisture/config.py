@@ -228,7 +228,7 @@ class Protocol:
     repeats: int
     val_fraction: float
     seed: int
-    engine: Literal["jax", "keras"]
+    engine: Literal["native", "jax", "keras"]
     split_date: str
     site_calibration: bool
     max_probes: int | None

@@ -68,3 +68,7 @@ class BackendError(SoilMoistureError):
         self.backend = backend
         self.url = url
         super().__init__(f"{backend} backend at {url}: {problem}")
+
+
+class NativeBuildError(SoilMoistureError):
+    """The native training kernel cannot be compiled or loaded here (no C compiler, build failure)."""

@@ -142,6 +142,26 @@ def _hyper(hp: Model) -> np.ndarray:
 
 
 _CORE_CACHE: dict[_Static, dict] = {}
+ENV_JAX_CACHE = "SOILMOISTURE_JAX_CACHE"   # persistent compilation cache folder ("off" disables it)
+
+
+def _persistent_cache() -> None:
+    """Keep compiled executables across processes and runs (JAX persistent compilation cache) in the
+    project's git-ignored cache folder (``native_build.cache_root()/jax``, or $SOILMOISTURE_JAX_CACHE)."""
+    import jax
+
+    from soilmoisture.model.native_build import cache_root
+
+    where = os.environ.get(ENV_JAX_CACHE) or str(cache_root() / "jax")
+    if where == "off" or jax.config.jax_compilation_cache_dir:
+        return
+    try:
+        os.makedirs(where, exist_ok=True)
+    except OSError as e:
+        log.warning("jax engine: no persistent compilation cache (%s: %s)", where, e)
+        return
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def clr_jax(step, base_lr: float, max_lr: float, step_size: int):  # noqa: ANN001, ANN201 - jax arrays
@@ -248,6 +268,7 @@ def _core(st: _Static) -> dict:
     """Compiled functions for one hyperparameter set: ``epoch`` (train), ``loss`` (eval), ``predict``."""
     if st in _CORE_CACHE:
         return _CORE_CACHE[st]
+    _persistent_cache()
     import jax
     import jax.numpy as jnp
     from jax import lax

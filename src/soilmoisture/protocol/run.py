@@ -83,17 +83,30 @@ def known_site_targets(y: np.ndarray, dates: pd.DatetimeIndex, split_date: str) 
 
 
 def get_engine(name: str, cell: str) -> tuple[Any, str]:
-    """The engine module for ``protocol.engine``; falls back to keras (with a warning) where jax cannot run."""
+    """The engine module for ``protocol.engine``. ``native`` falls back to ``jax`` (with a warning) when its
+    kernel cannot be built here (no C compiler); ``jax`` falls back to ``keras`` where it cannot run."""
     from soilmoisture.model import keras_engine
 
     if name == "keras":
         return keras_engine, "keras"
+    if name == "native":
+        from soilmoisture.model import native_build, native_engine
+
+        if cell in native_engine.SUPPORTED_CELLS:
+            ok, why = native_build.available()
+            if ok:
+                return native_engine, "native"
+            log.warning("protocol.engine is 'native' but its kernel cannot be built here (%s); using the jax "
+                        "engine", why)
+        else:
+            log.warning("the native engine does not support model.cell=%r", cell)
     try:
         from soilmoisture.model import jax_engine
     except ModuleNotFoundError as e:
         if e.name != "soilmoisture.model.jax_engine":
             raise
-        log.warning("protocol.engine is 'jax' but soilmoisture.model.jax_engine is missing; using the keras engine")
+        log.warning("protocol.engine is %r but soilmoisture.model.jax_engine is missing; using the keras engine",
+                    name)
         return keras_engine, "keras"
     if cell not in getattr(jax_engine, "SUPPORTED_CELLS", ()):
         log.warning("the jax engine does not support model.cell=%r; using the keras engine", cell)
@@ -355,16 +368,19 @@ def _request(x: np.ndarray, y: np.ndarray, plans: list[FoldPlan], stats: list, y
 def fit_in_worker(engine_name: str, req: Any) -> Any:
     """Train one chunk of models on a Dask worker (module-level: process workers pickle it by name).
 
-    A worker is one process per core already, so the jax engine trains its groups in this process.
+    A worker is one process per core already, so the jax engine trains its groups in this process and the
+    native engine uses one thread.
     """
     engine, _ = get_engine(engine_name, req.hp.cell)
     if engine.__name__.endswith("jax_engine"):
         return engine.fit_many(req, processes=1)
+    if engine.__name__.endswith("native_engine"):
+        return engine.fit_many(req, threads=1)
     return engine.fit_many(req)
 
 
 def engine_group_size(engine_name: str) -> int:
-    """Models per compiled call of the engine (jax: ``SOILMOISTURE_JAX_GROUP_SIZE``, default 8; keras: 1)."""
+    """Models per compiled call of the engine (jax: ``SOILMOISTURE_JAX_GROUP_SIZE``, default 8; native, keras: 1)."""
     if engine_name != "jax":
         return 1
     from soilmoisture.model import jax_engine
