@@ -1,10 +1,12 @@
 """The contract between the protocol and the training engines.
 
 The protocol builds one :class:`FitRequest` for a *group* of models (fold x repeat) sharing the same
-tensors; an engine returns a :class:`FitResult`. Two engines implement ``fit_many(request) -> FitResult``:
+tensors; an engine returns a :class:`FitResult`. Three engines implement ``fit_many(request) -> FitResult``:
 
 * ``soilmoisture.model.keras_engine`` — the plain per-model Keras ``fit`` loop (the reference);
-* ``soilmoisture.model.jax_engine`` — many models at once (weights with a leading model axis).
+* ``soilmoisture.model.jax_engine`` — many models at once (weights with a leading model axis);
+* ``soilmoisture.model.native_engine`` — one C kernel call per model, one model per core (the default;
+  the JAX engine's initialisation, order and dropout masks, so the same models).
 
 Semantics every engine keeps (thesis 3.3): each model m takes one optimizer step per training probe
 series per epoch (batch size ``model.batch_size``, default 1), in an order shuffled every epoch by its
