@@ -1,7 +1,9 @@
-"""Maps: feature cubes built like the probe series, windowed prediction, COG output, validation vs truth.
+"""Maps: feature cubes built like the probe series, windowed prediction, products in every format (COG stack,
+daily COGs, CF NetCDF, Zarr) with interval, nodata reasons, provenance and STAC, validation vs truth.
 
 One tiny mappable model is trained once (keras engine, 1 epoch, one LOO fold + the final model) on a copy of
-the tiny simulated area and registered in MLflow; the map stage then runs for real through the CLI.
+the tiny simulated area and registered in MLflow; the map stage then runs for real through the CLI, once per
+format. Products are read back with the libraries their users have (rasterio/GDAL, xarray, rio-cogeo, pystac).
 """
 from __future__ import annotations
 
@@ -166,10 +168,16 @@ def test_water_built_up_and_missing_weather_days_are_nodata_never_zero(mapped, m
         src.close()
     with rasterio.open(res.path) as ds:
         data = ds.read()
+    with rasterio.open(tmp_path / "m_nodata_reason.tif") as ds:       # the layer saying why (formats.REASONS)
+        reason = ds.read()
     days = [f"{d:%Y-%m-%d}" for d in res.dates]
     for d in gone:
         assert np.isnan(data[days.index(d)]).all()
     assert np.isnan(data[:, 0, 0]).all() and np.isnan(data[:, 5, 7]).all()
+    assert (reason[:, 0, 0] == 1).all() and (reason[:, 5, 7] == 2).all()            # water, built-up
+    no_weather = reason[days.index(gone[0])]
+    assert (np.delete(no_weather.ravel(), [0, 5 * no_weather.shape[1] + 7]) == 4).all()   # missing input (weather)
+    assert np.array_equal(reason == 0, np.isfinite(data))
     kept = [i for i, d in enumerate(days) if d not in gone]
     assert np.isfinite(data[kept][:, 1:, 1:]).mean() > 0.9
     assert not (data == 0).any()
@@ -217,7 +225,7 @@ def test_map_validation_against_the_truth_is_logged_to_mlflow(mapped):
     params = mapped["params"]
     exp = tracking.ensure_experiment(params, "maps")
     client = MlflowClient(tracking.tracking_uri(params))
-    (run,) = client.search_runs([exp])
+    (run,) = client.search_runs([exp], filter_string="params.format = 'cog-stack'")
     m = run.data.metrics
     assert run.data.tags[tracking.TAG_KIND] == "map"
     for k in ("mae", "ubrmse_temporal_mean", "spatial_r_mean", "lc211_mae"):
@@ -282,3 +290,369 @@ def test_interpolation_and_outlier_rules_match_the_probe_readers():
     ref = harmonise.remove_sigma0_outliers(long["s"], long["pid"], 2.0, 0.35)
     np.testing.assert_array_equal(ref.sort_index().to_numpy(), mask.T.ravel())
     assert mask[3, 1] and mask[10, 2]
+
+
+# ----------------------------------------------------------------------------------------------
+# products: formats, interval, nodata reasons, provenance, STAC (docs/maps.md "Formats")
+# ----------------------------------------------------------------------------------------------
+FORMATS = ("cog-stack", "cog-daily", "netcdf", "zarr")
+
+
+@pytest.fixture(scope="module")
+def products(mapped) -> dict:
+    """`soilmoisture map --format F` for the other formats (the stack was written by `mapped`)."""
+    from soilmoisture import config, mapping
+    from soilmoisture.cli import main
+
+    out = {"cog-stack": mapped["cog"]}
+    for fmt in FORMATS[1:]:
+        assert main(["map", "--params", str(mapped["root"] / "params.yaml"), "--format", fmt]) == 0
+        out[fmt] = mapping.output_path(config.load(mapped["root"] / "params.yaml", {"map.format": fmt}))
+        assert out[fmt].exists()
+    return out
+
+
+def _stack(path, layer: str = "ssm") -> np.ndarray:
+    import rasterio
+
+    from soilmoisture.mapping.formats import layer_file
+
+    with rasterio.open(layer_file(path, layer)) as ds:
+        return ds.read()
+
+
+def _layers(products) -> list[str]:
+    import xarray as xr
+
+    with xr.open_dataset(products["netcdf"]) as ds:
+        return [v for v in ("ssm", "ssm_p05", "ssm_p95", "nodata_reason") if v in ds.data_vars]
+
+
+def test_every_format_holds_the_same_numbers_as_the_stack(products):
+    import rasterio
+    import xarray as xr
+
+    from soilmoisture.mapping.formats import daily_file
+
+    layers = _layers(products)
+    assert layers == ["ssm", "ssm_p05", "ssm_p95", "nodata_reason"]
+    days = pd.date_range(START, END)
+    nc = xr.open_dataset(products["netcdf"], decode_coords="all")
+    zr = xr.open_zarr(products["zarr"], decode_coords="all")
+    try:
+        for layer in layers:
+            ref = _stack(products["cog-stack"], layer)
+            daily = []
+            for d in days:
+                with rasterio.open(daily_file(products["cog-daily"], layer, d)) as ds:
+                    daily.append(ds.read(1))
+            assert np.array_equal(np.stack(daily), ref, equal_nan=True), layer
+            for ds in (nc, zr):
+                got = ds[layer].to_numpy()
+                assert got.dtype == ref.dtype and np.array_equal(got, ref, equal_nan=True), layer
+        assert list(pd.DatetimeIndex(nc["time"].to_numpy())) == list(days)
+    finally:
+        nc.close()
+        zr.close()
+
+
+def test_netcdf_follows_cf_and_opens_with_its_crs_in_xarray_and_gdal(products):
+    import cf_xarray  # noqa: F401  (registers .cf)
+    import rasterio
+    import xarray as xr
+    from rasterio.warp import transform
+
+    from soilmoisture.mapping.formats import FILL_VALUE, SSM_STANDARD_NAME
+
+    with rasterio.open(products["cog-stack"]) as ref:
+        crs, tr, shape, ref_ssm = ref.crs, ref.transform, ref.shape, ref.read()
+    with xr.open_dataset(products["netcdf"], decode_coords="all") as ds:
+        assert ds.attrs["Conventions"] == "CF-1.8"
+        ssm = ds["ssm"]
+        assert ssm.attrs["standard_name"] == SSM_STANDARD_NAME and ssm.attrs["units"] == "m3 m-3"
+        assert ssm.attrs["long_name"] and ssm.encoding["_FillValue"] == FILL_VALUE
+        assert ssm.encoding["chunksizes"] == (1, *shape) and ssm.encoding["zlib"]
+        assert ds.rio.crs == crs and ssm.rio.crs == crs          # grid_mapping variable decoded to the CRS
+        assert "crs" in ds.coords and ds["crs"].attrs["grid_mapping_name"] == "transverse_mercator"
+        # cf_xarray finds the CF roles from the attributes alone
+        assert ds.cf.grid_mapping_names == {"transverse_mercator": ["crs"]}
+        assert SSM_STANDARD_NAME in ds.cf.standard_names
+        assert ds.cf["latitude"].dims == ("y", "x") and ds.cf["longitude"].dims == ("y", "x")
+        assert ds.cf["T"].name == "time" and ds.cf["X"].name == "x" and ds.cf["Y"].name == "y"
+        assert ds["x"].attrs["standard_name"] == "projection_x_coordinate"
+        flags = ds["nodata_reason"]
+        assert flags.attrs["flag_meanings"].split() == ["valid", "water", "built_up", "unknown_land_cover",
+                                                          "missing_input"]
+        assert list(flags.attrs["flag_values"]) == [0, 1, 2, 3, 4]
+        assert float(ds["depth"]) == 0.025 and list(ds["depth_bnds"].to_numpy()) == [0.0, 0.05]
+        # lat/lon of a pixel centre = that centre transformed to WGS84
+        r, c = 5, 9
+        xs, ys = tr * (c + 0.5, r + 0.5)
+        lon, lat = transform(crs, "EPSG:4326", [xs], [ys])
+        assert abs(float(ds["lon"][r, c]) - lon[0]) < 1e-9 and abs(float(ds["lat"][r, c]) - lat[0]) < 1e-9
+        assert float(ds["x"][c]) == pytest.approx(xs) and float(ds["y"][r]) == pytest.approx(ys)
+    with rasterio.open(f"netcdf:{products['netcdf']}:ssm") as g:      # GDAL's NetCDF driver (QGIS reads it so)
+        assert g.crs == crs and g.transform.almost_equals(tr) and g.count == len(pd.date_range(START, END))
+        assert np.array_equal(g.read(), ref_ssm, equal_nan=True)
+
+
+def test_daily_cogs_validate_and_carry_nodata_units_and_provenance(products, mapped):
+    import rasterio
+    from mlflow.tracking import MlflowClient
+    from rio_cogeo.cogeo import cog_validate
+
+    from soilmoisture import tracking
+
+    params = mapped["params"]
+    files = sorted(products["cog-daily"].glob("*.tif"))
+    assert len(files) == 4 * len(pd.date_range(START, END))
+    assert (products["cog-daily"] / "ssm_20170601.tif").is_file()
+    tracking.configure(params)
+    mv = MlflowClient().get_model_version_by_alias("soilmoisture-mappable", "champion")
+    for f in files[:: max(1, len(files) // 6)]:
+        ok, errors, _ = cog_validate(str(f), quiet=True)
+        assert ok, (f, errors)
+    for p in (products["cog-daily"] / "ssm_20170603.tif", products["cog-stack"]):
+        with rasterio.open(p) as ds:
+            tags = ds.tags()
+            assert np.isnan(ds.nodata) and ds.dtypes[0] == "float32" and ds.is_tiled
+            assert tags["UNITS"] == "m3/m3" and tags["LAYER"] == "ssm"
+            assert tags["MODEL_NAME"] == "soilmoisture-mappable" and tags["MODEL_ALIAS"] == "champion"
+            assert tags["MODEL_VERSION"] == str(mv.version) and tags["MODEL_RUN_ID"] == mv.run_id
+            assert tags["CODE_VERSION"] == tracking.git_commit(params.root)
+            assert (tags["INPUT_START"], tags["INPUT_END"]) == (params.data.start, END)
+            assert "split-conformal" in tags["INTERVAL_METHOD"]
+    with rasterio.open(products["cog-daily"] / "ssm_20170603.tif") as ds:
+        assert ds.tags()["DATE"] == "2017-06-03" and ds.descriptions == ("ssm",)
+    with rasterio.open(products["cog-daily"] / "nodata_reason_20170603.tif") as ds:
+        assert ds.dtypes[0] == "uint8" and ds.nodata is None and "1=water" in ds.tags()["CODES"]
+
+
+def test_a_large_daily_cog_is_tiled_with_overviews(tmp_path):
+    """The writer on a 600 x 600 px staged map (the tiny area is one tile): internal tiles and overviews."""
+    import rasterio
+    from affine import Affine
+    from rio_cogeo.cogeo import cog_validate
+
+    from soilmoisture.mapping.formats import Provenance, Staged, write_product
+
+    days = pd.date_range("2018-01-01", periods=2)
+    rng = np.random.default_rng(0)
+    layers = {}
+    for name, dtype in (("ssm", "float32"), ("nodata_reason", "uint8")):
+        p = tmp_path / f"{name}.tif"
+        arr = rng.uniform(0, 0.5, (2, 600, 600)).astype(dtype) if dtype == "float32" else np.zeros((2, 600, 600), dtype)
+        with rasterio.open(p, "w", driver="GTiff", width=600, height=600, count=2, dtype=dtype, crs="EPSG:25830",
+                           transform=Affine(10, 0, 300000, 0, -10, 4600000), tiled=True) as ds:
+            ds.write(arr)
+        layers[name] = p
+    st = Staged(layers, days, rasterio.crs.CRS.from_epsg(25830), Affine(10, 0, 300000, 0, -10, 4600000), 600, 600)
+    prov = Provenance("m", "1", "champion", "r", "models:/m@champion", "abc", "2017-01-01", "2018-01-02", "spain")
+    (out,) = write_product(st, "cog-daily", tmp_path / "ssm_daily", prov)
+    with rasterio.open(out / "ssm_20180102.tif") as ds:
+        assert ds.overviews(1) == [2, 4] and ds.block_shapes[0] == (256, 256)
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    assert cog_validate(str(out / "ssm_20180102.tif"), quiet=True)[0]
+    assert cog_validate(str(out / "nodata_reason_20180101.tif"), quiet=True)[0]
+
+
+def test_interval_layers_are_the_conformal_bounds_of_the_protocol_runs_held_out_residuals(products, mapped):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from soilmoisture import tracking
+    from soilmoisture.protocol.ensemble import residual_bounds
+
+    params = mapped["params"]
+    tracking.configure(params)
+    ssm, lo, hi = (_stack(products["cog-stack"], k).astype(np.float64) for k in ("ssm", "ssm_p05", "ssm_p95"))
+    ok = np.isfinite(ssm)
+    assert ok.any() and np.array_equal(ok, np.isfinite(lo)) and np.array_equal(ok, np.isfinite(hi))
+    # (a 1-epoch model may predict below 0; the lower bound never is)
+    assert (lo[ok] <= np.maximum(ssm[ok], 0)).all() and (ssm[ok] <= hi[ok]).all() and (lo[ok] >= 0).all()
+    # expected offsets from the protocol run that trained the model, computed here from its artifact
+    mv = MlflowClient().get_model_version_by_alias("soilmoisture-mappable", "champion")
+    rid = mlflow.models.get_model_info(f"models:/soilmoisture-mappable/{mv.version}").metadata["protocol_run_id"]
+    pr = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=tracking.ART_PREDICTIONS))
+    q_lo, q_hi = residual_bounds((pr["ssm"] - pr["ssm_pred"]).to_numpy(), 0.9)
+    assert q_lo < 0 < q_hi
+    np.testing.assert_allclose(hi[ok] - ssm[ok], q_hi, atol=1e-6)
+    np.testing.assert_allclose(lo[ok], np.maximum(ssm[ok] + q_lo, 0), atol=1e-6)
+    # and the map run reports the interval's coverage of the truth (simulated area)
+    exp = tracking.ensure_experiment(params, "maps")
+    (run,) = MlflowClient(tracking.tracking_uri(params)).search_runs([exp], filter_string="params.format = 'cog-stack'")
+    assert 0.0 < run.data.metrics["interval_coverage"] <= 1.0
+    assert run.data.metrics["interval_q_hi"] == pytest.approx(q_hi)
+
+
+def test_nodata_reason_is_set_exactly_where_there_is_no_value(products, mapped):
+    """(water and built-up codes: test_water_built_up_and_missing_weather_days_are_nodata_never_zero)"""
+    ssm, reason = _stack(products["cog-stack"]), _stack(products["cog-stack"], "nodata_reason")
+    assert np.array_equal(reason == 0, np.isfinite(ssm))
+    assert set(np.unique(reason)) <= {0, 4}          # the tiny tile is all land: missing input only
+
+
+def test_provenance_is_in_netcdf_zarr_and_stac(products, mapped):
+    import xarray as xr
+
+    params = mapped["params"]
+    with rasterio_tags(products["cog-stack"]) as tags:
+        want = {k.lower(): v for k, v in tags.items() if k in ("MODEL_NAME", "MODEL_VERSION", "MODEL_ALIAS",
+                                                            "MODEL_RUN_ID", "CODE_VERSION", "INPUT_START", "INPUT_END")}
+    assert len(want) == 7 and all(want.values())
+    for ds in (xr.open_dataset(products["netcdf"]), xr.open_zarr(products["zarr"])):
+        with ds:
+            assert {k: ds.attrs[k] for k in want} == want
+            assert ds.attrs["time_coverage_start"] == START and ds.attrs["time_coverage_end"] == END
+    import pystac
+
+    coll = pystac.Collection.from_file(str(params.path(params.paths.maps) / REGION / "collection.json"))
+    for item in coll.get_items():
+        assert {k: item.properties[f"soilmoisture:{k}"] for k in want} == want
+
+
+def rasterio_tags(path):
+    import contextlib
+
+    import rasterio
+
+    @contextlib.contextmanager
+    def cm():
+        with rasterio.open(path) as ds:
+            yield ds.tags()
+    return cm()
+
+
+def test_stac_items_round_trip_with_projection_fields_and_a_collection(products, mapped):
+    import json
+
+    import pystac
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    from soilmoisture.mapping.stac import validate_offline
+
+    params = mapped["params"]
+    folder = params.path(params.paths.maps) / REGION
+    coll_path = folder / "collection.json"
+    validate_offline(json.loads(coll_path.read_text()))       # core schemas shipped with pystac, offline
+    coll = pystac.Collection.from_file(str(coll_path))
+    items = {it.id: it for it in coll.get_items()}
+    days = pd.date_range(START, END)
+    s, e = START.replace("-", ""), END.replace("-", "")
+    assert {f"ssm-{REGION}-{s}-{e}-{f}" for f in ("cog-stack", "netcdf", "zarr")} <= set(items)
+    assert sum(i.endswith("-cog-daily") for i in items) == len(days)
+    with rasterio.open(products["cog-stack"]) as ds:
+        bbox = list(transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=21))
+        epsg, shape, tr = ds.crs.to_epsg(), list(ds.shape), list(ds.transform)[:6]
+    for it in items.values():
+        d = json.loads(Path(it.get_self_href()).read_text())
+        validate_offline(d)
+        assert pystac.Item.from_dict(d).to_dict(include_self_link=False) == d     # round trip
+        assert any("projection" in x for x in d["stac_extensions"])
+        p = d["properties"]
+        assert p["proj:code"] == f"EPSG:{epsg}" and p["proj:shape"] == shape and p["proj:transform"] == tr
+        np.testing.assert_allclose(d["bbox"], bbox)
+        for a in it.assets.values():
+            assert Path(a.get_absolute_href()).exists() and not a.href.startswith("/")
+    stack = items[f"ssm-{REGION}-{s}-{e}-cog-stack"]
+    assert stack.common_metadata.start_datetime.strftime("%Y-%m-%d") == START
+    assert stack.common_metadata.end_datetime.strftime("%Y-%m-%d") == END
+    assert {"ssm", "ssm_p05", "ssm_p95", "nodata_reason"} <= set(stack.assets)
+    assert stack.assets["ssm"].media_type == pystac.MediaType.COG
+    assert items[f"ssm-{REGION}-{s}-{e}-zarr"].assets["data"].media_type == "application/vnd+zarr"
+    day = items[f"ssm-{REGION}-20170602-cog-daily"]
+    assert Path(day.assets["ssm"].get_absolute_href()).name == "ssm_20170602.tif"
+    t0, t1 = coll.extent.temporal.intervals[0]
+    assert (f"{t0:%Y-%m-%d}", f"{t1:%Y-%m-%d}") == (START, END)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_failed_write_leaves_the_previous_product_and_no_partial_output(fmt, mapped, map_model, tmp_path,
+                                                                          monkeypatch):
+    import dask.array as da
+
+    from soilmoisture import mapping
+    from soilmoisture.mapping import formats
+
+    params = mapped["params"]
+    kw = dict(start=START, end=END, warmup_start=params.data.start, stat_range=(params.data.start, params.data.end),
+              window_px=32, fmt=fmt)
+    out = formats.product_path(tmp_path, START, END, fmt)
+    src = mapping.open_sources(params.path(params.paths.raw), REGION)
+    try:
+        mapping.make_map(map_model, src, out, **kw)
+        before = sorted((p.relative_to(tmp_path), p.stat().st_size) for p in tmp_path.rglob("*") if p.is_file())
+
+        class Boom(RuntimeError):
+            pass
+
+        # Fail half way through the real writer (after some output exists on disk).
+        if fmt == "cog-daily":
+            real, calls = formats._cog_from_array, []
+
+            def failing(*a, **k):
+                calls.append(1)
+                if len(calls) == 5:
+                    raise Boom("disk full")
+                return real(*a, **k)
+            monkeypatch.setattr(formats, "_cog_from_array", failing)
+        elif fmt == "cog-stack":
+            real_copy, calls = formats.write_cog_stack, []
+            import rasterio.shutil as rsh
+
+            real = rsh.copy
+
+            def failing(*a, **k):
+                calls.append(1)
+                if len(calls) == 2:
+                    raise Boom("disk full")
+                return real(*a, **k)
+            monkeypatch.setattr(rsh, "copy", failing)
+        else:
+            real = formats.dataset
+
+            def failing(st, prov):
+                ds = real(st, prov)
+                arr = ds["ssm"].data
+
+                def last_fails(block, block_info=None):
+                    if block_info[0]["chunk-location"][0] == arr.numblocks[0] - 1:
+                        raise Boom("disk full")
+                    return block
+                ds["ssm"] = ds["ssm"].copy(data=da.map_blocks(last_fails, arr, dtype=arr.dtype))
+                return ds
+            monkeypatch.setattr(formats, "dataset", failing)
+        with pytest.raises(Boom):
+            mapping.make_map(map_model, src, out, **kw)
+    finally:
+        src.close()
+    after = sorted((p.relative_to(tmp_path), p.stat().st_size) for p in tmp_path.rglob("*") if p.is_file())
+    assert after == before                                   # old product intact, nothing temporary left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_map_of_a_user_bbox_as_netcdf_from_the_command_line(mapped, tmp_path):
+    import xarray as xr
+
+    from soilmoisture import config, mapping
+    from soilmoisture.cli import main
+
+    params = mapped["params"]
+    pr = _manifest_probes(params, REGION)[0]
+    bbox = [pr["lon"] - 0.0003, pr["lat"] - 0.0002, pr["lon"] + 0.0003, pr["lat"] + 0.0002]
+    args = ["map", "--params", str(mapped["root"] / "params.yaml"), "--format", "netcdf",
+            "--bbox", *map(str, bbox), "--set", f"paths.maps={tmp_path}", "--set", "map.end=2017-06-03"]
+    assert main(args) == 0
+    out = mapping.output_path(config.load(mapped["root"] / "params.yaml", {"paths.maps": str(tmp_path),
+                                                                          "map.end": "2017-06-03",
+                                                                          "map.format": "netcdf"}))
+    with xr.open_dataset(out, decode_coords="all") as ds:
+        assert ds.sizes["time"] == 3 and 2 <= ds.sizes["x"] <= 8 and 2 <= ds.sizes["y"] <= 8
+        px = 1e-4   # ~ one 10 m pixel in degrees: the bbox is rounded outwards to whole pixels
+        assert ds["lon"].min() >= bbox[0] - px and ds["lon"].max() <= bbox[2] + px
+        assert ds["lat"].min() >= bbox[1] - px and ds["lat"].max() <= bbox[3] + px
+        # one day at one point, as docs/maps.md shows it
+        v = ds["ssm"].sel(time="2017-06-02").sel(x=ds["x"][1], y=ds["y"][1])
+        assert np.isfinite(float(v))
+    assert (tmp_path / REGION / "collection.json").is_file()

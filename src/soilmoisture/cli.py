@@ -33,13 +33,34 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="override a parameter, e.g. --set protocol.repeats=2 (repeatable)")
 
 
+def _add_map_options(p: argparse.ArgumentParser) -> None:
+    """``map`` shortcuts for its most used keys (the same as --set map.format=... / --set map.bbox=[...])."""
+    from soilmoisture.config import MAP_FORMATS
+
+    p.add_argument("--format", choices=MAP_FORMATS, default=None, help="product format (map.format; docs/maps.md)")
+    p.add_argument("--bbox", nargs=4, type=float, default=None, metavar=("WEST", "SOUTH", "EAST", "NORTH"),
+                   help="area in degrees WGS84 (map.bbox; default: the region's whole tile)")
+
+
+def _map_overrides(args: argparse.Namespace) -> dict:
+    out: dict = {}
+    if getattr(args, "format", None):
+        out["map.format"] = args.format
+    if getattr(args, "bbox", None):
+        out["map.bbox"] = list(args.bbox)
+    return out
+
+
 def build_parser(extra: dict[str, Callable[[argparse.ArgumentParser], None]] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soilmoisture", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in STAGES.items():
-        _add_common(sub.add_parser(name, help=help_text))
+        p = sub.add_parser(name, help=help_text)
+        _add_common(p)
+        if name == "map":
+            _add_map_options(p)
     for name, adder in (extra or {}).items():
         p = sub.add_parser(name, help=adder.__doc__)
         _add_common(p)
@@ -65,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         from soilmoisture import config
 
         overrides = dict(config.parse_override(o) for o in args.overrides)
+        overrides.update(_map_overrides(args) if args.command == "map" else {})
         params = config.load(args.params, overrides)
         if args.command in STAGES:
             from soilmoisture import stages

@@ -336,6 +336,10 @@ class Tune:
             raise ConfigError(f"{key}.space.epochs_min", f"must not exceed tune.max_epochs ({self.max_epochs})")
 
 
+MapFormat = Literal["cog-stack", "cog-daily", "netcdf", "zarr"]
+MAP_FORMATS: tuple[str, ...] = get_args(MapFormat)   # mapping/formats.py writes each
+
+
 @dataclass(frozen=True)
 class Map:
     model: str | None
@@ -345,8 +349,13 @@ class Map:
     end: str
     window_px: int
     bbox: list[float] | None = None   # [west, south, east, north] degrees WGS84; None = the region's whole tile
+    format: MapFormat = "cog-stack"   # product format (docs/maps.md "Formats")
+    interval: float | None = 0.9      # nominal coverage of the ssm_pLL/ssm_pHH layers; None = no interval layers
+    stac: bool = True                 # write a STAC Item per map and the region's Collection
 
     def _check(self, key: str) -> None:
+        if self.interval is not None:
+            _range(f"{key}.interval", self.interval, 0.0, 1.0, low_open=True, high_open=True)
         if self.bbox is not None and (len(self.bbox) != 4 or not (self.bbox[0] < self.bbox[2] and self.bbox[1] < self.bbox[3])):
             raise ConfigError(f"{key}.bbox", f"{self.bbox!r} must be [west, south, east, north] (degrees) with west < east "
                                              "and south < north")

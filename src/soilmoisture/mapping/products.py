@@ -1,14 +1,16 @@
-"""Map products: the daily SSM Cloud-Optimised GeoTIFF written window by window (validated as it is written)
-and PNG quicklooks beside it. Memory is bounded by one window (``window_px``^2 pixels x series days x a few
-features), whatever the area. The COG is written under a temporary name and renamed when complete."""
+"""Map products: the daily SSM (with its interval and the reason of every nodata) predicted window by window
+into staged tiled GeoTIFFs (validated as they are written), then written in the format ``map.format`` asks for
+(:mod:`.formats`) and PNG quicklooks beside it. Memory is bounded by one window (``window_px``^2 pixels x series
+days x a few features), whatever the area. The product appears under its name only when complete."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import dataclasses
 import os
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,43 +19,56 @@ import pandas as pd
 
 from soilmoisture.config import Runner
 from soilmoisture.errors import DataError
+from soilmoisture.mapping.formats import (REASON_LAYER, SSM_LAYER, Provenance, Staged, interval_layers, nodata_reason,
+                                          write_product)
 from soilmoisture.mapping.inputs import Cube, Sources, build_cube, day_numbers, windows
 from soilmoisture.mapping.predict import MapModel, WindowJob, predict_cube, predict_window
 from soilmoisture.mapping.validate import Validation
 
 log = logging.getLogger(__name__)
 
-COG_OVERVIEWS_MIN_PX = 2048  # overviews only for maps wider than this: on a 883-band stack they triple the COG
-                             # conversion time, and small maps are viewed at full resolution (quicklooks for a look)
+COG_OVERVIEWS_MIN_PX = 2048  # cog-stack overviews only for maps wider than this: on a 883-band stack they triple the
+                             # COG conversion time, and small maps are viewed at full resolution (quicklooks for a look)
 GDAL_CACHE_MB = 256          # GDAL block cache while mapping (default 5 % of RAM): memory stays bounded
-NODATA = float("nan")       # output nodata (float32 COG)
+NODATA = float("nan")       # output nodata (float32 layers)
 MAX_QUICKLOOKS = 6          # PNG quicklooks per map (days evenly spread over the period)
 
 
 @dataclass
 class MapResult:
-    path: Path                          # the COG
-    dates: pd.DatetimeIndex             # its bands
+    path: Path                          # the product (file, or folder for cog-daily / zarr)
+    dates: pd.DatetimeIndex             # its days
     seconds: dict[str, float]           # wall time per phase
     validation: Validation | None
     window: Any                         # the area of interest in the region grid
+    fmt: str = "cog-stack"
+    files: list[Path] = field(default_factory=list)       # every published file or folder (layers of cog-stack)
+    layers: list[str] = field(default_factory=list)       # ssm, interval bounds, nodata_reason
+    quicklooks: list[Path] = field(default_factory=list)
+    bounds: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)   # in the map CRS
+    crs: Any = None
+    transform: Any = None
+    shape: tuple[int, int] = (0, 0)                       # (rows, cols)
 
 
 def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, warmup_start: str,
              stat_range: tuple[str, str], window_px: int, aoi: Any = None, truth: Path | None = None,
              sigma0_zscore: float = 2.0, sigma0_max: float = 0.35, vi_max_gap_days: int = 30,
-             dry_day_mm: float = 0.1, runner: Runner | None = None) -> MapResult:
-    """Write the daily SSM of ``start..end`` for the area ``aoi`` (a window of the region grid; None = all) as
-    one multi-band COG at ``out`` (band i = day i, descriptions = dates, nodata NaN), window by window.
+             dry_day_mm: float = 0.1, runner: Runner | None = None, fmt: str = "cog-stack",
+             provenance: Provenance | None = None, quicklook_folder: Path | None = None) -> MapResult:
+    """Write the daily SSM of ``start..end`` for the area ``aoi`` (a window of the region grid; None = all) as the
+    product ``fmt`` at ``out`` (:func:`soilmoisture.mapping.formats.product_path`), window by window.
 
-    The series of every pixel starts at ``warmup_start`` (spin-up of the recurrent state). With ``truth`` (a
-    raster on the same grid, band i = its START_DATE tag + i - 1 days) the map is validated as it is written.
-    With a Dask ``runner`` (``params.yaml`` ``runner``) the windows are built and predicted on its workers, at
-    most two per worker in flight, and written here in window order.
+    The layers (``ssm``, with ``provenance.interval_offsets`` the interval bounds ``ssm_pLL``/``ssm_pHH`` =
+    ssm + offsets (lower bound >= 0), ``nodata_reason``) are staged as tiled GeoTIFFs (band i = day i) beside
+    ``out`` and turned into the product at the end. The series of every pixel starts at ``warmup_start``
+    (spin-up of the recurrent state). With ``truth`` (a raster on the same grid, band i = its START_DATE tag +
+    i - 1 days) the map and its interval are validated as they are written. With a Dask ``runner`` the windows
+    are built and predicted on its workers, at most two per worker in flight, and written here in window order.
     """
     import rasterio
-    from rasterio.shutil import copy as rio_copy
     from rasterio.windows import Window
+    from rasterio.windows import bounds as win_bounds
     from rasterio.windows import transform as win_transform
 
     req = pd.date_range(start, end, freq="D")
@@ -61,16 +76,24 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
     first = len(series) - len(req)
     aoi = aoi or Window(0, 0, src.grid.width, src.grid.height)
     H, W = int(aoi.height), int(aoi.width)
+    prov = provenance or Provenance(model.name, "", "", "", model.name, "unknown", f"{series[0]:%Y-%m-%d}",
+                                    f"{req[-1]:%Y-%m-%d}", src.region, tuple(model.features))
+    lo_name, hi_name = interval_layers(prov.interval_coverage) if prov.has_interval else ("", "")
+    layers = [SSM_LAYER] + ([lo_name, hi_name] if prov.has_interval else []) + [REASON_LAYER]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_gtiff = out.with_name(f".{out.name}.stage.tif")
-    tmp_cog = out.with_name(f".{out.name}.tmp")
+    stage_dir = out.with_name(f".{out.name}.stage")
     truth_ds, truth_first = None, 0
     validation = Validation(req) if truth is not None else None
-    secs = {"features": 0.0, "predict": 0.0, "write": 0.0, "truth": 0.0, "cog": 0.0}
-    profile = dict(driver="GTiff", width=W, height=H, count=len(req), dtype="float32", crs=src.grid.crs,
-                   transform=win_transform(aoi, src.grid.transform), nodata=NODATA, tiled=True, blockxsize=256,
-                   blockysize=256, interleave="band", BIGTIFF="IF_SAFER")
+    secs = {"features": 0.0, "predict": 0.0, "write": 0.0, "truth": 0.0, "product": 0.0}
+    transform = win_transform(aoi, src.grid.transform)
+    profile = dict(driver="GTiff", width=W, height=H, count=len(req), crs=src.grid.crs, transform=transform,
+                   tiled=True, blockxsize=256, blockysize=256, interleave="band", BIGTIFF="IF_SAFER")
+    staged = {name: stage_dir / f"{name}.tif" for name in layers}
+    looks: list[Path] = []
     try:
+        if stage_dir.exists():
+            shutil.rmtree(stage_dir)
+        stage_dir.mkdir()
         with contextlib.ExitStack() as stack:
             stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
             if truth is not None:
@@ -83,7 +106,10 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
                 if truth_first < 0 or truth_first + len(req) > truth_ds.count:
                     raise DataError(truth, f"truth (START_DATE {t0}, {truth_ds.count} days) does not cover "
                                            f"{start}..{end}")
-            dst = stack.enter_context(rasterio.open(tmp_gtiff, "w", **profile))
+            dst = {name: stack.enter_context(rasterio.open(
+                       path, "w", **profile, **(dict(dtype="uint8") if name == REASON_LAYER
+                                                else dict(dtype="float32", nodata=NODATA))))
+                   for name, path in staged.items()}
             wins = list(windows(H, W, window_px, int(aoi.row_off), int(aoi.col_off)))
 
             cube_kwargs = dict(stat_range=stat_range, sigma0_zscore=sigma0_zscore, sigma0_max=sigma0_max,
@@ -93,16 +119,29 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
                 return build_cube(src, win, series, model.features, **cube_kwargs)
 
             def put(n_done: int, win: Any, pred: np.ndarray, landcover: np.ndarray) -> None:
-                """Write one window's (D, N) prediction and validate it against the truth."""
+                """Write one window's (D, N) prediction, interval and nodata reasons; validate against the truth."""
                 t = time.perf_counter()
                 h, w = int(win.height), int(win.width)
                 local = Window(int(win.col_off - aoi.col_off), int(win.row_off - aoi.row_off), w, h)
-                dst.write(pred.reshape(len(req), h, w), window=local)
+                shape = (len(req), h, w)
+                dst[SSM_LAYER].write(pred.reshape(shape), window=local)
+                lower = upper = None
+                if prov.has_interval:
+                    # the ensemble module's interval: lower bound clipped at 0 (SSM cannot be negative)
+                    from soilmoisture.protocol.ensemble import interval
+
+                    lower, upper = (a.astype(np.float32) for a in interval(pred, prov.interval_offsets))
+                    dst[lo_name].write(lower.reshape(shape), window=local)
+                    dst[hi_name].write(upper.reshape(shape), window=local)
+                dst[REASON_LAYER].write(nodata_reason(pred, landcover).reshape(shape), window=local)
                 secs["write"] += time.perf_counter() - t
                 if truth_ds is not None:
                     t = time.perf_counter()
                     tr = truth_ds.read(list(range(truth_first + 1, truth_first + len(req) + 1)), window=win)
-                    validation.add(pred, tr.reshape(len(req), -1), landcover)
+                    tr = tr.reshape(len(req), -1)
+                    validation.add(pred, tr, landcover)
+                    if lower is not None:
+                        validation.add_interval(lower, upper, tr)
                     secs["truth"] += time.perf_counter() - t
                 log.info("map window %d/%d (%d x %d px, %d series days) done", n_done, len(wins), win.width,
                          win.height, len(series))
@@ -133,31 +172,29 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
                     pred = predict_cube(model, cube)[first:]                      # (D, N) requested days only
                     secs["predict"] += time.perf_counter() - t
                     put(n_done, win, pred, cube.landcover)
-            for i, d in enumerate(req, start=1):
-                dst.set_band_description(i, f"{d:%Y-%m-%d}")
-            dst.update_tags(UNITS="m3/m3", QUANTITY="surface soil moisture 0-5 cm", START_DATE=f"{req[0]:%Y-%m-%d}",
-                            END_DATE=f"{req[-1]:%Y-%m-%d}", WARMUP_START=f"{series[0]:%Y-%m-%d}",
-                            MODEL=model.name, FEATURES=",".join(model.features), REGION=src.region)
+            for ds in dst.values():
+                for i, d in enumerate(req, start=1):
+                    ds.set_band_description(i, f"{d:%Y-%m-%d}")
+        extra = dict(QUANTITY="surface soil moisture 0-5 cm", START_DATE=f"{req[0]:%Y-%m-%d}",
+                     END_DATE=f"{req[-1]:%Y-%m-%d}", WARMUP_START=f"{series[0]:%Y-%m-%d}", MODEL=model.name,
+                     FEATURES=",".join(model.features), REGION=src.region)
+        st = Staged(staged, req, src.grid.crs, transform, W, H, extra)
         t = time.perf_counter()
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_CACHEMAX=GDAL_CACHE_MB):
-            # ZSTD level 1 + floating-point predictor: as small as DEFLATE, faster (measured on a 100-band map).
-            rio_copy(tmp_gtiff, tmp_cog, driver="COG", compress="ZSTD", level=1, predictor=3, blocksize=256,
-                     num_threads="ALL_CPUS", BIGTIFF="IF_SAFER",
-                     overviews="AUTO" if max(H, W) > COG_OVERVIEWS_MIN_PX else "NONE")
-        secs["cog"] += time.perf_counter() - t
-        from soilmoisture.harmonise import file_mode
-
-        os.chmod(tmp_cog, file_mode())
-        os.replace(tmp_cog, out)
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            files = write_product(st, fmt, out, prov, overviews=max(H, W) > COG_OVERVIEWS_MIN_PX)
+        secs["product"] += time.perf_counter() - t
+        if quicklook_folder is not None:
+            looks = quicklooks(staged[SSM_LAYER], src, quicklook_folder,
+                               quicklook_days(req, {d for d, _ in src.s1}))
     finally:
-        for p in (tmp_gtiff, tmp_cog):
-            if p.exists():
-                p.unlink()
-    return MapResult(out, req, secs, validation, aoi)
+        if stage_dir.exists():
+            shutil.rmtree(stage_dir)
+    return MapResult(out, req, secs, validation, aoi, fmt, files, layers, looks,
+                     tuple(win_bounds(aoi, src.grid.transform)), src.grid.crs, transform, (H, W))
 
 
 def quicklooks(cog: Path, src: Sources, folder: Path, days: list[pd.Timestamp], max_px: int = 800) -> list[Path]:
-    """PNG per day: the SSM map with a colour bar next to that day's sigma0 (dB, scenes of the day averaged)."""
+    """PNG per day of a stack (band descriptions = dates, e.g. the staged ssm layer or a cog-stack): the SSM map with a colour bar next to that day's sigma0 (dB, scenes of the day averaged)."""
     import matplotlib
 
     matplotlib.use("Agg")

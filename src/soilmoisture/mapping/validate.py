@@ -20,6 +20,7 @@ class Validation:
         self.day = {k: np.zeros(len(dates)) for k in _SUMS}
         self.lc: dict[int, dict[str, np.ndarray]] = {}
         self.lc_px: dict[int, list[float]] = {}   # [n pixels, sum ubrmse, sum mae]
+        self.cover = {"n": np.zeros(len(dates)), "inside": np.zeros(len(dates)), "width": np.zeros(len(dates))}
 
     @staticmethod
     def _add(acc: dict[str, np.ndarray], p: np.ndarray, o: np.ndarray) -> None:
@@ -51,6 +52,14 @@ class Validation:
             px[0] += has.sum()
             px[1] += ub.sum()
             px[2] += mae_px.sum()
+
+    def add_interval(self, lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> None:
+        """Count the truth's pixel-days inside [``lower``, ``upper``] (D, N), m3/m3 (the interval's coverage)."""
+        lo, hi, o = (np.asarray(a, np.float64) for a in (lower, upper, truth))
+        ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(o)
+        self.cover["n"] += ok.sum(axis=1)
+        self.cover["inside"] += (ok & (o >= lo) & (o <= hi)).sum(axis=1)
+        self.cover["width"] += np.where(ok, hi - lo, 0.0).sum(axis=1)
 
     @staticmethod
     def _metrics(a: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -97,6 +106,10 @@ class Validation:
         m["ubrmse_temporal_mean"] = sum(v[1] for v in px) / n_px if n_px else float("nan")
         m["mae_per_pixel_mean"] = sum(v[2] for v in px) / n_px if n_px else float("nan")
         m["n_pixel_days"] = m.pop("n_pixels")
+        n = self.cover["n"].sum()
+        if n:   # only when the map has interval layers
+            m["interval_coverage"] = float(self.cover["inside"].sum() / n)
+            m["interval_width_mean"] = float(self.cover["width"].sum() / n)
         return m
 
 
