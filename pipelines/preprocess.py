@@ -44,9 +44,18 @@ def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
 # Params are passed in memory and never cached: every run re-reads the files it depends on.
 @task(name="ingest", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAY_S, retry_condition_fn=retry_on_io_error,
       cache_policy=NO_CACHE)
-def ingest_task(params: Params) -> None:
-    """Raw sources -> ``paths.interim`` (daily.parquet, probes.parquet, ingest_report.json)."""
-    stages.ingest(params)
+def ingest_task(params: Params) -> dict[str, Any]:
+    """Raw sources -> ``paths.interim`` (daily.parquet, probes.parquet, ingest_report.json); the summary and
+    every excluded probe go to the flow run's log (Prefect's run logger, visible in the UI)."""
+    report = stages.ingest(params)
+    logger = get_run_logger()
+    logger.info("ingest: %d probes x %d days (%d SSM days; %d frozen days removed, %d flagged SSM days, "
+                "%d sigma0 outliers removed, %d probes excluded) -> %s", report["probes"], report["days"],
+                report["ssm_days"], report["frozen_days_removed"], report["ssm_flagged_days"],
+                report["sigma0_outliers_removed"], len(report["probes_excluded"]), params.paths.interim)
+    for ex in report["probes_excluded"]:
+        logger.warning("probe %s excluded: %s", ex["probe_id"], ex["reason"])
+    return report
 
 
 @task(name="validate", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAY_S,
@@ -84,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         preprocess_flow(args.params, overrides or None, skip_ingest=args.skip_ingest)
     except SoilMoistureError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        from soilmoisture.cli import os_error_line
+
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     return 0
 

@@ -168,3 +168,169 @@ def test_ismn_metadata_is_collected_once_per_archive_content_and_quietly(raw, tm
     os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
     read_ismn(raw / "ismn", work)
     assert len([p for p in work.iterdir() if p.name.startswith("meta-")]) == 2
+
+
+# --- 6. SIGKILL of a real ingest: no orphans, no stale temporary files, never a mixed set --------------------
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _dead_pid() -> int:
+    """The id of a real process that was killed (and reaped): nothing runs under it now."""
+    import subprocess
+
+    p = subprocess.Popen(["sleep", "60"])
+    p.kill()
+    p.wait()
+    return p.pid
+
+
+def _env() -> dict:
+    import os
+    import sys
+
+    from conftest import ROOT
+
+    return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the worker processes")
+def test_sigkill_of_ingest_leaves_no_worker_and_the_rerun_no_temporary_file(copy_area):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from soilmoisture.lifetime import pid_alive
+    from soilmoisture.quality.gate import read_interim
+
+    params = copy_area()
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: ingest reads without worker processes")
+    cmd = [sys.executable, "-m", "soilmoisture.cli", "ingest", "--params", str(params.root / "params.yaml")]
+    proc = subprocess.Popen(cmd, cwd=params.root, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers: list[int] = []
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            workers = [c for c in _children(proc.pid)
+                       if b"multiprocessing" in Path(f"/proc/{c}/cmdline").read_bytes()] if pid_alive(proc.pid) else []
+            if len(workers) >= 2:
+                break
+            time.sleep(0.05)
+        assert len(workers) >= 2, f"the reader pool never started: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else ''}"
+        time.sleep(0.5)                                   # the workers are reading now
+        workers = [c for c in _children(proc.pid) if b"multiprocessing" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    t0 = time.time()
+    while any(pid_alive(w) for w in workers) and time.time() - t0 < 10:
+        time.sleep(0.1)
+    assert not [w for w in workers if pid_alive(w)], "reader workers outlived the killed ingest"
+
+    # A temporary table of a killed ingest and the ismn package's temporary folder of one, by a real dead pid:
+    interim, work = params.path(params.paths.interim), params.path(params.paths.work) / "ismn"
+    interim.mkdir(parents=True, exist_ok=True)
+    dead = _dead_pid()
+    (interim / f".daily.parquet.{dead}-0badc0de.tmp").write_bytes(b"\0" * (2 << 20))
+    (work / f".tmp-{dead}-abcd1234").mkdir(parents=True)
+    (work / f".tmp-{dead}-abcd1234" / "ismn_extract").write_text("x")
+    res = subprocess.run(cmd, cwd=params.root, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert sorted(p.name for p in interim.iterdir()) == ["daily.parquet", "ingest_report.json", "probes.parquet"]
+    assert not [p.name for p in work.iterdir() if not p.name.startswith("meta-")]
+    read_interim(interim)                                 # a consistent set (the report lists these tables)
+
+
+def test_tables_of_two_ingests_mixed_are_refused_by_the_reader(raw, make_params, tmp_path):
+    from soilmoisture.harmonise import run
+    from soilmoisture.quality.gate import read_interim
+
+    a = make_params({**RANGE, "paths.raw": str(raw)}, root=tmp_path / "a")
+    b = make_params({**RANGE, "data.end": "2017-01-15", "paths.raw": str(raw)}, root=tmp_path / "b")
+    run(a)
+    run(b)
+    ia, ib = a.path(a.paths.interim), b.path(b.paths.interim)
+    read_interim(ia)
+    # What a kill between two renames leaves: the new daily table beside the old probes table and old report.
+    shutil.copyfile(ib / "daily.parquet", ia / "daily.parquet")
+    with pytest.raises(DataError, match=r"daily\.parquet: is not the file ingest_report\.json lists .*interrupted "
+                                        r"run left old and new outputs mixed"):
+        read_interim(ia)
+    run(a)                                                # a rerun publishes one consistent set again
+    read_interim(ia)
+
+
+# --- 7. a read-only output folder -------------------------------------------------------------------------
+@pytest.fixture
+def read_only():
+    """``read_only(folder)`` makes ``folder`` refuse new files (as root: the immutable attribute, since root
+    ignores permission bits; otherwise chmod), undone after the test; skips if neither works here."""
+    import os
+    import stat
+    import subprocess
+
+    done: list[tuple[Path, str, int]] = []
+
+    def _make(folder: Path) -> Path:
+        mode = folder.stat().st_mode
+        how = "chmod"
+        if os.geteuid() == 0 and shutil.which("chattr") and \
+                subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+            how = "chattr"
+        else:
+            folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        done.append((folder, how, mode))
+        try:
+            (folder / "probe").write_text("x")
+        except OSError:
+            return folder
+        (folder / "probe").unlink()
+        pytest.skip("no means to make a folder read-only here (root without chattr)")
+
+    yield _make
+    for folder, how, mode in done:
+        if how == "chattr":
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(mode)
+
+
+def test_a_read_only_interim_folder_fails_up_front_in_one_line(raw, make_params, tmp_path, read_only, capsys, caplog):
+    import logging
+
+    params = make_params({**RANGE, "paths.raw": str(raw)}, root=tmp_path / "proj")
+    interim = params.path(params.paths.interim)
+    interim.mkdir(parents=True)
+    read_only(interim)
+    with caplog.at_level(logging.INFO):
+        code, err = _cli(["ingest", "--params", str(params.root / "params.yaml")], capsys)
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: {interim}") and "paths.interim is not writable" in line
+    assert "in-situ data read" not in caplog.text          # nothing was read first
+    assert list(interim.iterdir()) == []
+
+
+def test_an_os_error_on_outputs_is_one_line_naming_the_file(tmp_path, make_params, read_only, capsys):
+    params = make_params(root=tmp_path / "proj")
+    raw_parent = params.path(params.paths.raw).parent
+    raw_parent.mkdir(parents=True, exist_ok=True)
+    read_only(raw_parent)
+    code, err = _cli(["simulate", "--params", str(params.root / "params.yaml")], capsys)
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: {raw_parent}") and ("not permitted" in line or "denied" in line)

@@ -74,6 +74,23 @@ def test_flow_ingests_and_publishes_real_remedhus(shared_data: Path, tmp_path: P
                           "data.remedhus_csv": str(shared_data / "remedhus" / "SM_Data_REMEDHUS.csv"),
                           "data.start": "2017-04-01", "data.end": "2018-03-31"}, root=tmp_path)
     gx_copy(params.root / "expectations")
-    summary = preprocess_flow(str(params.root / "params.yaml"))
+    import logging
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    # The ingest task's summary goes through Prefect's run logger (shown in the UI), not only the CLI's stderr.
+    keep, task_log = Keep(), logging.getLogger("prefect.task_runs")
+    task_log.addHandler(keep)
+    try:
+        summary = preprocess_flow(str(params.root / "params.yaml"))
+    finally:
+        task_log.removeHandler(keep)
     assert summary["success"], summary["failures"]
     assert (params.path(params.paths.processed) / "daily.parquet").is_file()
+    assert any(m.startswith("ingest: 5 probes x 365 days") for m in keep.messages), keep.messages

@@ -1,7 +1,8 @@
 """The thin ``soilmoisture`` command: one subcommand per stage, each calling :mod:`soilmoisture.stages`.
 
-Errors of the platform print one line (``error: <what, where>``) and exit with status 2;
-the full traceback only with ``--debug``.
+Errors of the platform print one line (``error: <what, where>``) and exit with status 2; so does an
+operating-system error on a file (``OSError``: permissions, a full disk), which names the file. The full
+traceback only with ``--debug``.
 """
 from __future__ import annotations
 
@@ -99,7 +100,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if args.debug:
+            raise
+        print(f"error: {os_error_line(e)} (--debug shows where)", file=sys.stderr)
+        return 2
     return 0
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an operating-system error: the file(s) it names and the system's reason."""
+    where = ": ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    reason = e.strerror or str(e)
+    return f"{where}: {reason}" if where else f"{type(e).__name__}: {reason}"
 
 
 if __name__ == "__main__":  # pragma: no cover

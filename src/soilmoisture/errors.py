@@ -45,6 +45,15 @@ class DataError(SoilMoistureError):
         super().__init__(f"{where}: {problem}")
 
 
+class OutputError(SoilMoistureError):
+    """An output file or folder cannot be written (read-only, full, another owner). ``path`` names it."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
 class QualityGateError(SoilMoistureError):
     """The expectation suite failed: nothing downstream was published."""
 

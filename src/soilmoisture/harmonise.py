@@ -3,7 +3,10 @@
 :func:`run` is the ``ingest`` stage: it reads the source chosen by ``data.source`` with the readers in
 :mod:`soilmoisture.sources`, calls the pure :func:`harmonise_frames` (no file access; also used by
 tests) and writes ``daily.parquet``, ``probes.parquet`` and
-``ingest_report.json`` to ``paths.interim`` atomically (all three computed first, then renamed).
+``ingest_report.json`` to ``paths.interim`` as one unit (:mod:`soilmoisture.outputs`: the tables renamed into
+place first, the report last, listing their sizes and SHA-256 so that readers refuse a mixed set). Both output
+folders are checked for writability before anything is read; reader worker processes die with the ingest
+process, and temporary files of a killed ingest are removed by the next one.
 :func:`read_for_prediction` is the same step for the inputs of ``soilmoisture predict`` (STYLE: one input path).
 
 Data rules (thesis 3.2): frozen days (TS_max <= 0 degC) lose their SSM (3.2.1); SSM above
@@ -17,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ import pandas as pd
 
 from soilmoisture.config import Params
 from soilmoisture.errors import DataError
+from soilmoisture.lifetime import die_with_parent, remove_stale
+from soilmoisture.outputs import ensure_writable, file_mode, publish
 from soilmoisture.quality.rules import sigma0_outliers
 from soilmoisture.schema import CORINE, DAILY_COLUMNS, OPTIONAL_DAILY_COLUMNS, PROBE_COLUMNS
 
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 # Network -> study region (thesis 2: HOBE Denmark, FMI Finland, REMEDHUS Spain, ICOS Sweden).
 NETWORK_REGION = {"HOBE": "denmark", "FMI": "finland", "REMEDHUS": "spain", "ICOS": "sweden"}
 KEY = ["probe_id", "date"]
+TABLES = ("daily.parquet", "probes.parquet")
+REPORT = "ingest_report.json"          # written last: the manifest of the two tables
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,7 +311,9 @@ def _run_jobs(jobs: list[tuple[str, Any, tuple]], workers: int) -> dict[str, Any
     from concurrent.futures.process import BrokenProcessPool
 
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+        # die_with_parent: a killed ingest leaves no reader processes behind.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                 initializer=die_with_parent) as ex:
             futures = {k: ex.submit(_job, fn, args) for k, fn, args in jobs}
             results = {k: f.result() for k, f in futures.items()}
     except BrokenProcessPool as e:
@@ -544,45 +552,22 @@ def read_for_prediction(path: Path, params: Params, probes_path: Path | None = N
     return daily, probe_table, report
 
 
-def file_mode() -> int:
-    """Permissions a plain ``open(..., "w")`` would give under the current umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+__all__ = ["build", "file_mode", "harmonise_frames", "read_for_prediction", "read_rasters",
+           "remove_sigma0_outliers", "run"]
 
 
-def _atomic_outputs(folder: Path, outputs: dict[str, Any]) -> None:
-    """Write every output under a temporary name in ``folder`` first, then rename them all."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp: dict[str, str] = {}
-    try:
-        for name, obj in outputs.items():
-            fd, t = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-            os.close(fd)
-            tmp[name] = t
-            if isinstance(obj, pd.DataFrame):
-                obj.to_parquet(t, index=False)
-            else:
-                Path(t).write_text(json.dumps(obj, indent=2, default=str) + "\n")
-        mode = file_mode()
-        for name, t in tmp.items():
-            os.chmod(t, mode)  # mkstemp creates 0600; give the usual permissions
-            os.replace(t, folder / name)
-    finally:
-        for t in tmp.values():
-            if os.path.exists(t):
-                os.unlink(t)
-
-
-def run(params: Params) -> None:
-    """The ``ingest`` stage: harmonised tables + report into ``paths.interim``."""
+def run(params: Params) -> dict[str, Any]:
+    """The ``ingest`` stage: harmonised tables + report into ``paths.interim``; returns the report."""
+    out = ensure_writable(params.path(params.paths.interim), "paths.interim")   # before any reading
+    ensure_writable(params.path(params.paths.work), "paths.work")
+    remove_stale(out, [*TABLES, REPORT])
     daily, probes, report = build(params)
-    out = params.path(params.paths.interim)
-    _atomic_outputs(out, {"daily.parquet": daily, "probes.parquet": probes, "ingest_report.json": report})
+    publish(out, dict(zip(TABLES, (daily, probes))), REPORT, report)
     log.info("ingest: %d probes x %d days -> %s (%d frozen days removed, %d flagged SSM days, "
              "%d sigma0 outliers, %d probes excluded)", report["probes"], report["days"], out,
              report["frozen_days_removed"], report["ssm_flagged_days"], report["sigma0_outliers_removed"],
              len(report["probes_excluded"]))
+    return report
 
 
 def contract_markdown() -> str:

@@ -26,11 +26,13 @@ def simulate(params: Params) -> None:
     run(params)
 
 
-def ingest(params: Params) -> None:
-    """Read every raw source and write the harmonised tables to ``paths.interim`` (not yet checked)."""
+def ingest(params: Params) -> dict[str, Any]:
+    """Read every raw source and write the harmonised tables to ``paths.interim`` (not yet checked).
+
+    Returns the ingest report (the counts of ``ingest_report.json``)."""
     from soilmoisture.harmonise import run
 
-    run(params)
+    return run(params)
 
 
 def validate(params: Params) -> dict[str, Any]:

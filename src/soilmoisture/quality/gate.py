@@ -21,6 +21,7 @@ import pandas as pd
 
 from soilmoisture.config import Params
 from soilmoisture.errors import DataError, QualityGateError
+from soilmoisture.outputs import ensure_writable, verify
 from soilmoisture.quality.docs import make_offline
 from soilmoisture.quality.suites import (SUITES, GateSettings, build_checks, frames_to_validate, summarise,
                                          to_suites)
@@ -187,6 +188,8 @@ def read_interim(interim: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, A
             report = json.loads(report_path.read_text())
         except json.JSONDecodeError as e:
             raise DataError(report_path, f"is not valid JSON: {e}") from None
+    # The report is ingest's manifest: tables that are not the ones it lists are a mixed set of two runs.
+    verify(interim, report, INGEST_REPORT_FILE)
     return tables[0], tables[1], report
 
 
@@ -301,6 +304,8 @@ def run(params: Params, context_root: Path | None = None) -> dict[str, Any]:
     from soilmoisture import tracking
 
     context_root = Path(context_root) if context_root is not None else params.root / "expectations"
+    # publish() writes beside paths.processed: a read-only folder fails here, before the checks run.
+    ensure_writable(params.path(params.paths.processed).parent, "the folder of paths.processed")
     settings = settings_from_params(params)
     experiment_id = tracking.ensure_experiment(params, "quality")
     with mlflow.start_run(experiment_id=experiment_id, run_name="quality-gate") as active:

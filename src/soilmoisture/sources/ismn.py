@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from soilmoisture.errors import DataError
+from soilmoisture.lifetime import pid_alive
 from soilmoisture.schema import CORINE
 
 log = logging.getLogger(__name__)
@@ -104,22 +105,12 @@ def archive_key(path: Path) -> str:
     return h.hexdigest()[:20]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale(work_dir: Path) -> list[Path]:
     """Remove temporary folders (``.build-<pid>-*``, ``.tmp-<pid>-*``) left by runs whose process is gone."""
     removed = []
     for p in Path(work_dir).glob(".*-*-*"):
         m = re.match(r"^\.(build|tmp)-(\d+)-", p.name)
-        if m and p.is_dir() and not _pid_alive(int(m.group(2))):
+        if m and p.is_dir() and not pid_alive(int(m.group(2))):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     if removed:
