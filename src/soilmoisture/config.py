@@ -236,9 +236,23 @@ class Protocol:
     target: Literal["absolute", "anomaly"] = "absolute"   # anomaly: network learns ssm - level (protocol/level.py)
     level_features: list[str] = field(default_factory=list)   # static inputs of the level model (anomaly target)
     level_ridge: float = 1.0      # ridge penalty of the level model (per training probe, standardised inputs)
+    method: Literal["satellite", "network"] = "satellite"   # network: + the other probes' readings (protocol/network.py)
+    network_w: float | Literal["auto"] = "auto"     # share of the dynamics from the network (auto: per fold, validation)
+    network_lam: float | Literal["auto"] = "auto"   # share of the level from the satellite model (auto: as above)
+    network_flat_days: int = 7    # a pool probe's run of this many equal readings is removed (flatline)
+    network_jump_k: float = 6.0   # ... and readings departing from the network by > k robust SDs (jumps)
 
     def _check(self, key: str) -> None:
         _range(f"{key}.repeats", self.repeats, 1, 1000)
+        for name in ("network_w", "network_lam"):
+            v = getattr(self, name)
+            if v != "auto":
+                _range(f"{key}.{name}", v, 0.0, 1.0)
+        _range(f"{key}.network_flat_days", self.network_flat_days, 2, 10_000)
+        _range(f"{key}.network_jump_k", self.network_jump_k, 0.5, 1.0e6)
+        if self.method == "network" and self.mode != "unseen_site":
+            raise ConfigError(f"{key}.method", "'network' is implemented for protocol.mode unseen_site only "
+                                               "(known_site uses the probe's own past: site_calibration)")
         _range(f"{key}.interval", self.interval, 0.0, 1.0, low_open=True, high_open=True)
         _range(f"{key}.level_ridge", self.level_ridge, 0.0, 1.0e6)
         from soilmoisture.features import DERIVED, is_static

@@ -67,8 +67,9 @@ def comparison_metric(name: str) -> str:
 TAG_SKIPPED = "skipped_probes"          # parent: test probes reported and skipped (comma-separated)
 TAG_ENGINE_REQUESTED = "engine_requested"  # protocol.engine as configured (TAG_ENGINE = the one that ran)
 TAG_REGISTERED = "registered_model"     # parent and final run: "<registered name>/<version>"
-BASELINES = ("train_mean", "network_day", "climatology", "uncalibrated_model")  # scored like the model, same days
-# (uncalibrated_model: known_site only, the network before the per-site calibration of protocol/calibration.py)
+BASELINES = ("train_mean", "network_day", "climatology", "uncalibrated_model", "satellite_model")  # scored like the model, same days
+# (uncalibrated_model: known_site only, the network before the per-site calibration of protocol/calibration.py;
+#  satellite_model: protocol.method network only, the satellite-only model before the network's readings)
 AGGREGATES = ("mean", "median")         # parent metrics over test probes: "<aggregate>_<metric>"
 ART_NORMALISATION = "model_meta/normalisation.json"  # final run: features, mean, std (also in MLmodel metadata)
 MODEL_ARTIFACT = "model"                # final run: the logged Keras model

@@ -295,6 +295,7 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
     pred_frames, fold_rows, val_rows = [], [], []
     members: dict[int, list[np.ndarray]] = {}      # test probe -> member predictions (T,)
     val_resid: dict[int, list[np.ndarray]] = {}    # test probe -> its members' validation residuals
+    net_xy = probe_xy_km(probes, tens.probe_ids, tens.networks) if pr.method == "network" else None
     for m, plan in enumerate(plans):
         net.set_weights(weights[m])
         tmean = bl.train_mean(y_fold, plan.train_idx)
@@ -305,13 +306,20 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
             pred = predict_normalised(net, normalise(x[plan.test_idx], *all_stats[m]))
             if level_of is not None:
                 pred = pred + level_of(plan.test_idx)[:, None]
-        if len(plan.val_idx):
-            rows, resid = _validation_scores(net, x, y, tens, plan, m, all_stats[m], tmean, level_of)
+        vpred = _validation_predictions(net, x, plan, all_stats[m], level_of) if len(plan.val_idx) else None
+        sat_pred, net_info = None, {}
+        if net_xy is not None:   # protocol/network.py: + the fold's training probes' same-day readings
+            sat_pred = pred.astype(np.float64)
+            pred, vpred, net_info = network_informed(y, tens.networks, plan, sat_pred, vpred, net_xy, pr)
+        if vpred is not None:
+            rows, resid = _validation_scores(y, tens, plan, m, vpred, tmean)
             val_rows += rows
             for p in plan.test_idx:
                 val_resid.setdefault(int(p), []).append(resid)
         for k, p in enumerate(plan.test_idx):
             base = _baselines(pr.mode, y, tens, plan, int(p), eval_days, tmean)
+            if sat_pred is not None:
+                base["satellite_model"] = sat_pred[k]
             if pr.mode == "known_site" and pr.site_calibration:
                 # The probe's own past calibrates the network (DESIGN: known site, new period); pred holds the
                 # calibrated members already (protocol/known_site.py), the network alone is a baseline.
@@ -319,7 +327,7 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
             obs = np.where(eval_days, y[p], np.nan)
             members.setdefault(int(p), []).append(pred[k].astype(np.float64))
             row = {"model_index": m, "probe_id": ids[p], "repeat": plan.repeat, "seed": plan.seed,
-                   **all_metrics(obs, pred[k])}
+                   **all_metrics(obs, pred[k]), **net_info.get(int(p), {})}
             for b, series in base.items():
                 for name, v in all_metrics(obs, series).items():
                     if name != "n_days":
@@ -465,9 +473,20 @@ def _level_function(pr: Any, plan: FoldPlan, own_level: np.ndarray | None, level
     return lambda idx: lm.predict(level_z[np.asarray(idx, dtype=np.int64)])
 
 
-def _validation_scores(net: Any, x: np.ndarray, y: np.ndarray, tens: Any, plan: FoldPlan, m: int,
-                       stats: tuple[np.ndarray, np.ndarray], tmean: float,
-                       level_of: Any = None) -> tuple[list[dict], np.ndarray]:
+def _validation_predictions(net: Any, x: np.ndarray, plan: FoldPlan, stats: tuple[np.ndarray, np.ndarray],
+                            level_of: Any = None) -> np.ndarray:
+    """(V, T) fold model's predictions (m3/m3) at its validation probes."""
+    from soilmoisture.model.interface import normalise
+    from soilmoisture.model.keras_model import predict_normalised
+
+    vpred = predict_normalised(net, normalise(x[plan.val_idx], *stats)).astype(np.float64)
+    if level_of is not None:
+        vpred = vpred + level_of(plan.val_idx)[:, None]
+    return vpred
+
+
+def _validation_scores(y: np.ndarray, tens: Any, plan: FoldPlan, m: int, vpred: np.ndarray,
+                       tmean: float) -> tuple[list[dict], np.ndarray]:
     """Scores of fold model ``m`` on its validation probes (model and baselines, same days) and its residuals.
 
     Validation probes never trained the model and are not the test probe: these scores are what a choice
@@ -475,12 +494,7 @@ def _validation_scores(net: Any, x: np.ndarray, y: np.ndarray, tens: Any, plan: 
     m3/m3) give the ensemble interval of the test probe (protocol/ensemble.py).
     """
     from soilmoisture.evaluate.metrics import all_metrics
-    from soilmoisture.model.interface import normalise
-    from soilmoisture.model.keras_model import predict_normalised
 
-    vpred = predict_normalised(net, normalise(x[plan.val_idx], *stats)).astype(np.float64)
-    if level_of is not None:
-        vpred = vpred + level_of(plan.val_idx)[:, None]
     rows, resid = [], []
     for k, v in enumerate(plan.val_idx):
         v = int(v)
@@ -495,6 +509,63 @@ def _validation_scores(net: Any, x: np.ndarray, y: np.ndarray, tens: Any, plan: 
         rows.append(row)
         resid.append(y[v] - vpred[k])
     return rows, np.concatenate(resid) if resid else np.array([])
+
+
+def probe_xy_km(probes: pd.DataFrame, ids: list[str], networks: list[str]) -> np.ndarray:
+    """(P, 2) probe positions in km, equirectangular around each network's centre (distances within a network)."""
+    from soilmoisture.evaluate.realism import local_km
+
+    info = probes.assign(probe_id=probes["probe_id"].astype(str)).set_index("probe_id").reindex(ids)
+    lat, lon = info["lat"].to_numpy(dtype=float), info["lon"].to_numpy(dtype=float)
+    out = np.zeros((len(ids), 2))
+    nets = np.asarray(networks)
+    for n in np.unique(nets):
+        sel = nets == n
+        if np.isfinite(lat[sel]).any():
+            x, y = local_km(lat[sel], lon[sel])
+            out[sel] = np.column_stack([np.nan_to_num(x), np.nan_to_num(y)])
+    return out
+
+
+def network_informed(y: np.ndarray, networks: list[str], plan: FoldPlan, sat_test: np.ndarray,
+                     sat_val: np.ndarray | None, xy: np.ndarray, pr: Any
+                     ) -> tuple[np.ndarray, np.ndarray | None, dict[int, dict[str, float]]]:
+    """Network-informed estimates of the plan's test (and validation) probes: see protocol/network.py.
+
+    Per network, the pool is the plan's training probes of that network (what the network-day baseline
+    averages); ``auto`` weights are chosen on the plan's validation probes of that network only. Returns the
+    test estimates, the validation estimates and, per test probe, the weights used and the screening counts.
+    """
+    from soilmoisture.protocol import network as nw
+
+    nets = np.asarray(networks)
+    test_out = np.array(sat_test, dtype=np.float64, copy=True)
+    val_out = None if sat_val is None else np.array(sat_val, dtype=np.float64, copy=True)
+    val_idx = np.asarray(plan.val_idx, dtype=np.int64)
+    info: dict[int, dict[str, float]] = {}
+    for n in np.unique(nets[np.concatenate([plan.test_idx, val_idx]).astype(np.int64)]):
+        pool_idx = np.array([q for q in plan.train_idx if nets[q] == n], dtype=np.int64)
+        t_sel = np.flatnonzero(nets[plan.test_idx] == n)
+        v_sel = np.flatnonzero(nets[val_idx] == n) if len(val_idx) else np.array([], dtype=np.int64)
+        if len(pool_idx) == 0:   # no probe of this network trained the fold: satellite only
+            for k in t_sel:
+                info[int(plan.test_idx[k])] = {"network_w": 0.0, "network_lam": 1.0, "network_pool": 0.0}
+            continue
+        pool = nw.make_pool(y, pool_idx, xy, flat_days=pr.network_flat_days, jump_k=pr.network_jump_k)
+        v_comps = [nw.components(pool, sat_val[k][None], xy[val_idx[k]][None]) for k in v_sel] \
+            if val_out is not None else []
+        grid = lambda v: nw.GRID if v == "auto" else (float(v),)  # noqa: E731 - a fixed share is a 1-value grid
+        w, lam, _ = nw.choose(v_comps, [y[val_idx[k]] for k in v_sel], pool, w_grid=grid(pr.network_w),
+                              lam_grid=grid(pr.network_lam))
+        for k, c in zip(v_sel, v_comps):
+            val_out[k] = nw.combine(c, pool, w, lam)[0][0]
+        for k in t_sel:
+            p = int(plan.test_idx[k])
+            c = nw.components(pool, sat_test[k][None], xy[p][None])
+            test_out[k] = nw.combine(c, pool, w, lam)[0][0]
+            info[p] = {"network_w": w, "network_lam": lam, "network_pool": float(len(pool.level)),
+                       "network_screened_flatline": float(pool.flatline), "network_screened_jump": float(pool.jump)}
+    return test_out, val_out, info
 
 
 def _ensembles(members: dict[int, list[np.ndarray]], val_resid: dict[int, list[np.ndarray]], y: np.ndarray,
