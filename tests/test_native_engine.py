@@ -47,7 +47,7 @@ def _jax_loss_grad(hp, x, y, mean, std, weights, idx, sw):
     return float(dl), jax_engine._unstack(grads, 1)[0]
 
 
-@pytest.mark.parametrize("layers,units,fill", [(2, 16, "mask"), (1, 8, "zero"), (3, 12, "mask")])
+@pytest.mark.parametrize("layers,units,fill", [(2, 16, "mask"), (1, 8, "zero"), (3, 12, "mask"), (2, 32, "zero")])
 def test_gradients_equal_jax_autodiff(base_hp, layers, units, fill):
     hp = _hp(base_hp, dropout=0.0, target_fill=fill, layers=layers, units=units, recurrent_l2=1e-3)
     x, y = _data()

@@ -31,6 +31,20 @@
 #define G4 (4 * NH)
 #define MAXL 8
 
+/* Explicit SIMD (GCC vector extensions, any ISA: AVX-512 here, two AVX2 halves elsewhere) for the
+ * per-day products when the gate width allows it; plain loops otherwise. */
+#if (NH % 16) == 0
+#define VEC 1
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+#define NV (G4 / 16)                                  /* vectors per gate row */
+#define NHV (NH / 16)                                 /* vectors per hidden row */
+static inline v16 ld(const float *p) { return *(const v16u *)p; }
+static inline void st(float *p, v16 v) { *(v16u *)p = v; }
+#else
+#define VEC 0
+#endif
+
 #define SM_OK 0
 #define SM_ENOMEM 1
 #define SM_EARG 2
@@ -162,6 +176,33 @@ static void work_free(work_t *w) { free(w->block); }
 /* C (K, 4H) += A^T B, A (T, lda) first K columns, B (T, 4H). */
 static void gemm_tn_acc(int T, int K, int lda, const float *A, const float *B, float *C) {
     int k = 0;
+#if VEC && (JB % 16) == 0
+    for (; k + 4 <= K; k += 4) {
+        for (int j0 = 0; j0 < G4; j0 += JB) {
+            v16 acc[4][JB / 16];
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++)
+#pragma GCC unroll 4
+                for (int v = 0; v < JB / 16; v++) acc[q][v] = (v16){0};
+            for (int t = 0; t < T; t++) {
+                const float *a = A + (long)t * lda + k;
+                const float *b = B + (long)t * G4 + j0;
+#pragma GCC unroll 4
+                for (int v = 0; v < JB / 16; v++) {
+                    const v16 bv = ld(b + 16 * v);
+                    acc[0][v] += a[0] * bv; acc[1][v] += a[1] * bv; acc[2][v] += a[2] * bv; acc[3][v] += a[3] * bv;
+                }
+            }
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++)
+#pragma GCC unroll 4
+                for (int v = 0; v < JB / 16; v++) {
+                    float *c = C + (long)(k + q) * G4 + j0 + 16 * v;
+                    st(c, ld(c) + acc[q][v]);
+                }
+        }
+    }
+#endif
     for (; k + 4 <= K; k += 4) {
         for (int j0 = 0; j0 < G4; j0 += JB) {
             float acc[4][JB];
@@ -197,6 +238,28 @@ static void gemm_tn_acc(int T, int K, int lda, const float *A, const float *B, f
 /* Out (T, H) = D (T, 4H) @ Wt (4H, H): eight rows at a time, independent accumulators. */
 static void gemm_nt(int T, const float *D, const float *Wt, float *out) {
     int t = 0;
+#if VEC && NHV <= 2
+    for (; t + 8 <= T; t += 8) {
+        v16 acc[8][NHV];
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; q++)
+#pragma GCC unroll 2
+            for (int v = 0; v < NHV; v++) acc[q][v] = (v16){0};
+        for (int j = 0; j < G4; j++) {
+            const float *wr = Wt + (long)j * NH;
+#pragma GCC unroll 2
+            for (int v = 0; v < NHV; v++) {
+                const v16 wv = ld(wr + 16 * v);
+#pragma GCC unroll 8
+                for (int q = 0; q < 8; q++) acc[q][v] += D[(long)(t + q) * G4 + j] * wv;
+            }
+        }
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; q++)
+#pragma GCC unroll 2
+            for (int v = 0; v < NHV; v++) st(out + (long)(t + q) * NH + 16 * v, acc[q][v]);
+    }
+#endif
     for (; t + 8 <= T; t += 8) {
         float acc[8][NH];
         for (int q = 0; q < 8; q++)
@@ -225,6 +288,32 @@ static void gemm_nt(int T, const float *D, const float *Wt, float *out) {
 /* Z (T, 4H) = bias + In (T, K) @ W (K, 4H), four rows at a time. */
 static void gemm_in(int T, int K, const float *In, const float *W, const float *bias, float *Z) {
     int t = 0;
+#if VEC && (JB % 16) == 0
+    for (; t + 4 <= T; t += 4) {
+        for (int j0 = 0; j0 < G4; j0 += JB) {
+            v16 acc[4][JB / 16];
+#pragma GCC unroll 4
+            for (int v = 0; v < JB / 16; v++) {
+                const v16 bv = ld(bias + j0 + 16 * v);
+                acc[0][v] = bv; acc[1][v] = bv; acc[2][v] = bv; acc[3][v] = bv;
+            }
+            for (int k = 0; k < K; k++) {
+                const float *wr = W + (long)k * G4 + j0;
+                const float x0 = In[(long)t * K + k], x1 = In[(long)(t + 1) * K + k];
+                const float x2 = In[(long)(t + 2) * K + k], x3 = In[(long)(t + 3) * K + k];
+#pragma GCC unroll 4
+                for (int v = 0; v < JB / 16; v++) {
+                    const v16 wv = ld(wr + 16 * v);
+                    acc[0][v] += x0 * wv; acc[1][v] += x1 * wv; acc[2][v] += x2 * wv; acc[3][v] += x3 * wv;
+                }
+            }
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++)
+#pragma GCC unroll 4
+                for (int v = 0; v < JB / 16; v++) st(Z + (long)(t + q) * G4 + j0 + 16 * v, acc[q][v]);
+        }
+    }
+#endif
     for (; t + 4 <= T; t += 4) {
         for (int j0 = 0; j0 < G4; j0 += JB) {
             float acc[4][JB];
@@ -257,14 +346,14 @@ static void gemm_in(int T, int K, const float *In, const float *W, const float *
 /* Forward pass of one series                                                                      */
 /* ---------------------------------------------------------------------------------------------- */
 static void normalise(const geom_t *g, const float *x, const float *mean, const float *std, float *xn) {
-    long n = (long)g->T * g->F;
-    for (long i = 0; i < n; i++) {
-        int f = (int)(i % g->F);
-        float v = (x[i] - mean[f]) / std[f];
-        if (v != v) v = 0.0f;                         /* NaN -> 0 after normalisation (numpy nan_to_num) */
-        else if (v > FLT_MAX) v = FLT_MAX;
-        else if (v < -FLT_MAX) v = -FLT_MAX;
-        xn[i] = v;
+    const int F = g->F;
+    for (long t = 0; t < g->T; t++) {
+        for (int f = 0; f < F; f++) {
+            float v = (x[t * F + f] - mean[f]) / std[f];
+            v = v != v ? 0.0f : v;                    /* NaN -> 0 after normalisation (numpy nan_to_num) */
+            v = v > FLT_MAX ? FLT_MAX : (v < -FLT_MAX ? -FLT_MAX : v);
+            xn[t * F + f] = v;
+        }
     }
 }
 
@@ -281,6 +370,25 @@ static void lstm_layer_forward(const geom_t *g, int l, const float *params, cons
     for (int t = 0; t < T; t++) {
         float *z = act + (long)t * G4;
         const float *hp = h + (long)t * NH;
+#if VEC
+        {
+            v16 a0[NV], a1[NV];
+#pragma GCC unroll 16
+            for (int q = 0; q < NV; q++) { a0[q] = ld(z + 16 * q); a1[q] = (v16){0}; }
+#pragma GCC unroll 64
+            for (int k = 0; k < NH; k += 2) {
+                const float h0 = hp[k], h1 = hp[k + 1];
+                const float *r0 = R + (long)k * G4, *r1 = r0 + G4;
+#pragma GCC unroll 16
+                for (int q = 0; q < NV; q++) { a0[q] += h0 * ld(r0 + 16 * q); a1[q] += h1 * ld(r1 + 16 * q); }
+            }
+#pragma GCC unroll 16
+            for (int q = 0; q < NV; q++) st(z + 16 * q, a0[q] + a1[q]);
+        }
+        for (int j = 0; j < 2 * NH; j++) z[j] = sigmoid_f(z[j]);
+        for (int j = 2 * NH; j < 3 * NH; j++) z[j] = tanh_f(z[j]);
+        for (int j = 3 * NH; j < G4; j++) z[j] = sigmoid_f(z[j]);
+#else
         float acc0[G4], acc1[G4];
         for (int j = 0; j < G4; j++) { acc0[j] = z[j]; acc1[j] = 0.0f; }
         for (int k = 0; k < NH; k += 2) {
@@ -292,6 +400,7 @@ static void lstm_layer_forward(const geom_t *g, int l, const float *params, cons
         for (int j = NH; j < 2 * NH; j++) z[j] = sigmoid_f(acc0[j] + acc1[j]);
         for (int j = 2 * NH; j < 3 * NH; j++) z[j] = tanh_f(acc0[j] + acc1[j]);
         for (int j = 3 * NH; j < G4; j++) z[j] = sigmoid_f(acc0[j] + acc1[j]);
+#endif
         float *ct = c + (long)t * NH, *tct = tc + (long)t * NH, *ht = h + (long)(t + 1) * NH;
         for (int j = 0; j < NH; j++) {
             float cc = z[NH + j] * cprev[j] + z[j] * z[2 * NH + j];
@@ -439,6 +548,26 @@ static void backward(const geom_t *g, const float *params, const float *y, int z
                 dc_next[j] = dc * f_;
             }
             /* dh_next = dz @ R^T, four partial sums (one per gate block) for shorter dependency chains */
+#if VEC
+            {
+                v16 a0[NHV], a1[NHV], a2[NHV], a3[NHV];
+#pragma GCC unroll 16
+                for (int q = 0; q < NHV; q++) { a0[q] = (v16){0}; a1[q] = (v16){0}; a2[q] = (v16){0}; a3[q] = (v16){0}; }
+#pragma GCC unroll 64
+                for (int j = 0; j < NH; j++) {
+                    const float d0 = d[j], d1 = d[NH + j], d2 = d[2 * NH + j], d3 = d[3 * NH + j];
+                    const float *r0 = rt + (long)j * NH, *r1 = rt + (long)(NH + j) * NH;
+                    const float *r2 = rt + (long)(2 * NH + j) * NH, *r3 = rt + (long)(3 * NH + j) * NH;
+#pragma GCC unroll 16
+                    for (int q = 0; q < NHV; q++) {
+                        a0[q] += d0 * ld(r0 + 16 * q); a1[q] += d1 * ld(r1 + 16 * q);
+                        a2[q] += d2 * ld(r2 + 16 * q); a3[q] += d3 * ld(r3 + 16 * q);
+                    }
+                }
+#pragma GCC unroll 16
+                for (int q = 0; q < NHV; q++) st(dh_next + 16 * q, (a0[q] + a1[q]) + (a2[q] + a3[q]));
+            }
+#else
             float a0[NH], a1[NH], a2[NH], a3[NH];
             for (int k = 0; k < NH; k++) { a0[k] = 0.0f; a1[k] = 0.0f; a2[k] = 0.0f; a3[k] = 0.0f; }
             for (int j = 0; j < NH; j++) {
@@ -450,6 +579,7 @@ static void backward(const geom_t *g, const float *params, const float *y, int z
                 }
             }
             for (int k = 0; k < NH; k++) dh_next[k] = (a0[k] + a1[k]) + (a2[k] + a3[k]);
+#endif
         }
         /* Weight gradients over all days: gR += h_prev^T dz, gW += in^T dz, gb += sum dz. */
         const float *in = l == 0 ? w->xn : w->u[l - 1];
