@@ -366,6 +366,7 @@ class Map:
     format: MapFormat = "cog-stack"   # product format (docs/maps.md "Formats")
     interval: float | None = 0.9      # nominal coverage of the ssm_pLL/ssm_pHH layers; None = no interval layers
     stac: bool = True                 # write a STAC Item per map and the region's Collection
+    method: Literal["satellite", "network"] = "satellite"   # network: + the region's probe readings (docs/maps.md)
 
     def _check(self, key: str) -> None:
         if self.interval is not None:

@@ -55,7 +55,8 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
              stat_range: tuple[str, str], window_px: int, aoi: Any = None, truth: Path | None = None,
              sigma0_zscore: float = 2.0, sigma0_max: float = 0.35, vi_max_gap_days: int = 30,
              dry_day_mm: float = 0.1, runner: Runner | None = None, fmt: str = "cog-stack",
-             provenance: Provenance | None = None, quicklook_folder: Path | None = None) -> MapResult:
+             provenance: Provenance | None = None, quicklook_folder: Path | None = None,
+             network: Any = None) -> MapResult:
     """Write the daily SSM of ``start..end`` for the area ``aoi`` (a window of the region grid; None = all) as the
     product ``fmt`` at ``out`` (:func:`soilmoisture.mapping.formats.product_path`), window by window.
 
@@ -65,6 +66,8 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
     (spin-up of the recurrent state). With ``truth`` (a raster on the same grid, band i = its START_DATE tag +
     i - 1 days) the map and its interval are validated as they are written. With a Dask ``runner`` the windows
     are built and predicted on its workers, at most two per worker in flight, and written here in window order.
+    ``network`` (:class:`soilmoisture.mapping.network.MapNetwork`, ``map.method: network``): every window's
+    satellite series is combined with the region's probe readings; its GP band replaces the constant interval.
     """
     import rasterio
     from rasterio.windows import Window
@@ -118,9 +121,16 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
             def cube_of(win: Any) -> Cube:
                 return build_cube(src, win, series, model.features, **cube_kwargs)
 
-            def put(n_done: int, win: Any, pred: np.ndarray, landcover: np.ndarray) -> None:
-                """Write one window's (D, N) prediction, interval and nodata reasons; validate against the truth."""
+            def put(n_done: int, win: Any, pred: np.ndarray, landcover: np.ndarray, full: np.ndarray | None = None
+                    ) -> None:
+                """Write one window's (D, N) prediction, interval and nodata reasons; validate against the truth.
+
+                ``full``: the window's satellite series from the warm-up on (S, N), for the network map."""
                 t = time.perf_counter()
+                sat, bounds = pred, None
+                if network is not None:
+                    pred, lo_b, hi_b = network.apply(win, full)
+                    bounds = (lo_b, hi_b) if lo_b is not None else None
                 h, w = int(win.height), int(win.width)
                 local = Window(int(win.col_off - aoi.col_off), int(win.row_off - aoi.row_off), w, h)
                 shape = (len(req), h, w)
@@ -130,7 +140,8 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
                     # the ensemble module's interval: lower bound clipped at 0 (SSM cannot be negative)
                     from soilmoisture.protocol.ensemble import interval
 
-                    lower, upper = (a.astype(np.float32) for a in interval(pred, prov.interval_offsets))
+                    lower, upper = bounds if bounds is not None else \
+                        (a.astype(np.float32) for a in interval(pred, prov.interval_offsets))
                     dst[lo_name].write(lower.reshape(shape), window=local)
                     dst[hi_name].write(upper.reshape(shape), window=local)
                 dst[REASON_LAYER].write(nodata_reason(pred, landcover).reshape(shape), window=local)
@@ -140,6 +151,8 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
                     tr = truth_ds.read(list(range(truth_first + 1, truth_first + len(req) + 1)), window=win)
                     tr = tr.reshape(len(req), -1)
                     validation.add(pred, tr, landcover)
+                    if network is not None:
+                        network.validation.add(network.distance_km(win), pred, sat, tr)
                     if lower is not None:
                         validation.add_interval(lower, upper, tr)
                     secs["truth"] += time.perf_counter() - t
@@ -148,6 +161,9 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
 
             from soilmoisture.runner import is_distributed, map_in_runner
 
+            if runner is not None and is_distributed(runner) and network is not None:
+                raise DataError(out, "map.method network runs with runner.kind local (the probes' GP is applied "
+                                     "where the windows are written)", field="runner.kind")
             if runner is not None and is_distributed(runner):
                 jobs = [WindowJob(model, dataclasses.replace(src, _open={}), win, series, first, cube_kwargs)
                         for win in wins]
@@ -169,9 +185,10 @@ def make_map(model: MapModel, src: Sources, out: Path, *, start: str, end: str, 
                         pending = prefetch.submit(cube_of, wins[n_done])
                     secs["features"] += time.perf_counter() - t   # time waited for the cube (not hidden by prediction)
                     t = time.perf_counter()
-                    pred = predict_cube(model, cube)[first:]                      # (D, N) requested days only
+                    full = predict_cube(model, cube)
+                    pred = full[first:]                                           # (D, N) requested days only
                     secs["predict"] += time.perf_counter() - t
-                    put(n_done, win, pred, cube.landcover)
+                    put(n_done, win, pred, cube.landcover, full)
             for ds in dst.values():
                 for i, d in enumerate(req, start=1):
                     ds.set_band_description(i, f"{d:%Y-%m-%d}")

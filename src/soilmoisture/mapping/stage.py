@@ -130,6 +130,21 @@ def run(params: Params) -> Path:
     prov = provenance(params, uri, model)
     if not prov.has_interval:
         log.warning("map without interval layers: %s", prov.interval_method)
+    network = None
+    if m.method == "network":   # the region's probes inform every pixel (mapping/network.py)
+        import dataclasses
+
+        import pandas as pd
+
+        from soilmoisture.mapping import network as mnet
+
+        series = pd.date_range(min(pd.Timestamp(params.data.start), pd.Timestamp(m.start)), m.end, freq="D")
+        first = len(series) - len(pd.date_range(m.start, m.end, freq="D"))
+        network = mnet.build(params, src.grid, series, first, model.meta, m.interval)
+        if prov.has_interval:
+            prov = dataclasses.replace(prov, interval_method=(
+                "network: Gaussian-process SD of the probes' interpolated anomaly x the pixel's spread, "
+                f"normal {m.interval:.0%} band (narrow near probes, wide far from them)"))
     t0 = time.perf_counter()
     try:
         aoi = aoi_window(src.grid, m.bbox)
@@ -137,7 +152,8 @@ def run(params: Params) -> Path:
                        stat_range=(params.data.start, params.data.end), window_px=m.window_px, aoi=aoi,
                        truth=truth if truth.is_file() else None, sigma0_zscore=ing.sigma0_zscore,
                        sigma0_max=ing.sigma0_max, vi_max_gap_days=ing.vi_max_gap_days, dry_day_mm=ing.dry_day_mm,
-                       runner=params.runner, fmt=m.format, provenance=prov, quicklook_folder=out.parent / "quicklooks")
+                       runner=params.runner, fmt=m.format, provenance=prov, quicklook_folder=out.parent / "quicklooks",
+                       network=network)
         looks = res.quicklooks
     finally:
         src.close()
@@ -157,7 +173,11 @@ def run(params: Params) -> Path:
     tags = {tracking.TAG_KIND: "map", tracking.TAG_SOURCE: params.data.source, "region": m.region, "model_uri": uri,
             tracking.TAG_GIT_COMMIT: tracking.git_commit(params.root)}
     with mlflow.start_run(experiment_id=exp, run_name=f"map-{m.region}-{m.start}-{m.end}", tags=tags):
-        mlflow.log_params({"region": m.region, "start": m.start, "end": m.end, "window_px": m.window_px,
+        if network is not None:
+            mlflow.log_params({"network_w": network.w, "network_lam": network.lam,
+                               "network_shares": network.shares_source[:500],
+                               "network_probes": len(network.pool.level)})
+        mlflow.log_params({"method": m.method, "region": m.region, "start": m.start, "end": m.end, "window_px": m.window_px,
                            "format": m.format, "interval": m.interval, "interval_method": prov.interval_method[:500],
                            "model_version": prov.model_version, "model_run_id": prov.model_run_id,
                            "warmup_start": params.data.start, "model_uri": uri, "features": ",".join(model.features),
@@ -184,7 +204,15 @@ def run(params: Params) -> Path:
                     v = float(getattr(row, k))
                     if np.isfinite(v):
                         mlflow.log_metric(f"lc{row.landcover_code}_{k}", v)
-            for name, df in (("validation_by_day.csv", by_day), ("validation_by_landcover.csv", by_lc)):
+            tables = [("validation_by_day.csv", by_day), ("validation_by_landcover.csv", by_lc)]
+            if network is not None:   # how far the network's information carries
+                by_dist = network.validation.table()
+                tables.append(("validation_by_distance.csv", by_dist))
+                for row in by_dist.itertuples(index=False):
+                    key = row.distance_km.replace(">", "gt").replace("-", "_").replace(".", "p")
+                    mlflow.log_metrics({f"dist{key}_mae_network": row.mae_network,
+                                        f"dist{key}_mae_satellite": row.mae_satellite})
+            for name, df in tables:
                 p = out.parent / name
                 tmp = p.with_name(f".{name}.tmp")
                 df.to_csv(tmp, index=False)
