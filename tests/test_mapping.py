@@ -656,3 +656,31 @@ def test_map_of_a_user_bbox_as_netcdf_from_the_command_line(mapped, tmp_path):
         v = ds["ssm"].sel(time="2017-06-02").sel(x=ds["x"][1], y=ds["y"][1])
         assert np.isfinite(float(v))
     assert (tmp_path / REGION / "collection.json").is_file()
+
+
+def test_the_documented_snippet_reads_one_day_at_one_point_from_every_format(products, mapped, capsys):
+    """docs/maps.md "Opening the maps", run as written (paths, day and point moved to this test's map)."""
+    import re
+
+    import rasterio
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "maps.md").read_text()
+    code = re.search(r"\*\*Python: one day at one point\*\*.*?```python\n(.*?)```", text, re.S).group(1)
+    pr = _manifest_probes(mapped["params"], REGION)[0]
+    folder = mapped["cog"].parent
+    code = (code.replace("data/maps/spain/", f"{folder}/").replace("20180601_20180630", "20170601_20170608")
+            .replace("ssm_20180615", "ssm_20170603").replace('"2018-06-15"', '"2017-06-03"')
+            .replace('xr.open_zarr("….zarr")', "xr.open_zarr"))
+    code = re.sub(r"lon, lat, day = [-\d.]+, [-\d.]+,", f"lon, lat, day = {pr['lon']}, {pr['lat']},", code)
+    code += (f'\nds = xr.open_zarr("{products["zarr"]}", decode_coords="all")\n'
+             'v = ds.sel(time=day).sel(x=x, y=y, method="nearest")\n'
+             'print(float(v.ssm), float(v.ssm_p05), float(v.ssm_p95), int(v.nodata_reason))\n')
+    exec(compile("import rioxarray\n" + code, "docs/maps.md", "exec"), {})
+    lines = capsys.readouterr().out.split("\n")
+    cog_daily, cog_stack = np.float32(lines[0]), np.float32(lines[1])
+    nc, zr = lines[2].split(), lines[3].split()
+    want = _stack(products["cog-stack"])[2, pr["row"], pr["col"]]
+    assert np.isfinite(want) and cog_daily == cog_stack == np.float32(nc[0]) == np.float32(zr[0]) == want
+    assert nc == zr and nc[3] == "0" and float(nc[1]) <= max(float(nc[0]), 0) <= float(nc[2])
+    with rasterio.open(f'ZARR:"{products["zarr"]}":/ssm') as g:          # GDAL reads the Zarr store too
+        assert g.crs == rasterio.open(products["cog-stack"]).crs and g.count == len(pd.date_range(START, END))
