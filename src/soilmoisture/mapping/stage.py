@@ -83,8 +83,11 @@ def interval_offsets(model: MapModel, coverage: float | None) -> tuple[tuple[flo
     except mlflow.exceptions.MlflowException as e:
         log.warning("no interval for the map: protocol run %s has no predictions (%s)", rid, str(e).splitlines()[0])
         return nan, f"none (protocol run {rid} has no held-out predictions)", rid
-    pr = pd.read_parquet(local, columns=["ssm", "ssm_pred"])
-    resid = (pr["ssm"] - pr["ssm_pred"]).to_numpy(float)
+    pr = pd.read_parquet(local)
+    # protocol.method network: ssm_pred also uses the other probes' same-day readings, which a pixel does not
+    # have; the satellite-only prediction of the same fold model (what the map computes) is kept beside it.
+    col = "baseline_satellite_model" if "baseline_satellite_model" in pr.columns else "ssm_pred"
+    resid = (pr["ssm"] - pr[col]).to_numpy(float)
     q = residual_bounds(resid, coverage)
     n = int(np.isfinite(resid).sum())
     if not np.all(np.isfinite(q)):
