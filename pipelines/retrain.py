@@ -93,6 +93,11 @@ def _retrain(params: Params, params_file: Path) -> dict[str, Any]:
         files = _with_retries(scan_task, params)(params)
         retrain.log_scenes(params, rid, files)
         retrain.drop_duplicates(files)
+        landing = params.path(params.paths.landing)
+        bad = [f for f in files if f.status == "rejected"]       # e.g. zero-filled: that file alone goes
+        if bad:
+            retrain.set_aside(landing, bad, tag)
+            detail["set_aside"] = {f.rel: f.reason for f in bad}
         accepted = [f for f in files if f.status == "accepted"]
         retrain.log_step(params, rid, "scan", time.perf_counter() - t0)
         detail["scenes"] = [f.rel for f in accepted]
@@ -108,13 +113,26 @@ def _retrain(params: Params, params_file: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         st = _with_retries(stage_task, params)(params, accepted, tag)
         sparams = retrain.staged_params(params, st, data_end)
-        try:
-            summary = _with_retries(gate_task, params)(sparams)
-        except (DataError, QualityGateError) as e:
-            where = retrain.reject(params.path(params.paths.landing), accepted, tag, str(e))
-            detail["rejected_to"] = str(where)
-            retrain.finish_record(params, rid, "rejected", {**detail, "reason": str(e)}, failed=str(e))
-            raise
+        while True:
+            try:
+                summary = _with_retries(gate_task, params)(sparams)
+                break
+            except (DataError, QualityGateError) as e:
+                one = retrain.staged_scene(st, accepted, e.path) if isinstance(e, DataError) else None
+                if one is not None and len(accepted) > 1:
+                    # The reader named one new scene: set it aside alone, ingest the others again.
+                    retrain.set_aside(landing, [one], tag, e.problem)
+                    detail.setdefault("set_aside", {})[one.rel] = e.problem
+                    retrain.unstage(st, one)
+                    accepted = [f for f in accepted if f is not one]
+                    detail["scenes"] = [f.rel for f in accepted]
+                    data_end = detail["data_end"] = retrain.new_data_end(params.data.end, accepted)
+                    sparams = retrain.staged_params(params, st, data_end)
+                    continue
+                where = retrain.reject(landing, accepted, tag, str(e))
+                detail["rejected_to"] = str(where)
+                retrain.finish_record(params, rid, "rejected", {**detail, "reason": str(e)}, failed=str(e))
+                raise
         retrain.log_step(params, rid, "gate", time.perf_counter() - t0,
                          **{tracking.TAG_QUALITY_RUN: str(summary.get("mlflow_run_id", "-"))})
 

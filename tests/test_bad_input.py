@@ -334,3 +334,104 @@ def test_an_os_error_on_outputs_is_one_line_naming_the_file(tmp_path, make_param
     assert code == 2
     (line,) = err.strip().splitlines()
     assert line.startswith(f"error: {raw_parent}") and ("not permitted" in line or "denied" in line)
+
+
+# --- 3. a zero-filled scene; 4. a minority of negative sigma0 -----------------------------------------------
+def zero_filled_copy(src: Path, dst: Path) -> Path:
+    """What a copy that allocated the file at full size and stopped half-way leaves: the GeoTIFF (its header
+    and directory first, as GDAL's CreateCopy with COPY_SRC_OVERVIEWS writes it) with the second half zero."""
+    import rasterio.shutil
+
+    full = dst.with_name(dst.name + ".full")
+    rasterio.shutil.copy(src, full, driver="GTiff", COPY_SRC_OVERVIEWS="YES")
+    data = full.read_bytes()
+    full.unlink()
+    dst.write_bytes(data[: len(data) // 2] + bytes(len(data) - len(data) // 2))
+    return dst
+
+
+def _zero_probe_pixels(path: Path) -> int:
+    import rasterio
+
+    from test_sources_layout import PIXELS
+
+    with rasterio.open(path) as s:
+        d = s.read()
+    return sum(bool((d[:, r, c] == 0).all()) for r, c in PIXELS.values())
+
+
+def test_a_zero_filled_scene_is_set_aside_alone_by_the_landing_scan(raw, tmp_path):
+    import os
+    import time
+
+    from soilmoisture.retrain import scan_landing, set_aside
+
+    landing = tmp_path / "landing"
+    region = landing / "sentinel1" / "spain"
+    region.mkdir(parents=True)
+    good, bad = sorted((raw / "sentinel1" / "spain").glob("*.tif"))[:2]
+    shutil.copy(good, region / good.name)
+    zero_filled_copy(bad, region / bad.name)
+    old = time.time() - 3600
+    for p in region.iterdir():
+        os.utime(p, (old, old))
+    files = {f.path.name: f for f in scan_landing(landing, tmp_path / "no_raw", min_age_s=300)}
+    assert files[good.name].status == "accepted"
+    f = files[bad.name]
+    assert f.status == "rejected" and "are zero in every band" in f.reason and "zero-filled" in f.reason
+    where = set_aside(landing, [f], "run-1")
+    assert (where / "sentinel1" / "spain" / bad.name).is_file() and not (region / bad.name).exists()
+    assert (region / good.name).is_file()                               # the rest of the batch stays
+    assert (where / "reason.txt").read_text().startswith(f"sentinel1/spain/{bad.name}: ")
+
+
+def test_ingest_masks_impossible_sigma0_and_counts_it_per_scene(raw, make_params, tmp_path):
+    import rasterio
+
+    from soilmoisture.harmonise import run
+    from test_sources_layout import PIXELS
+
+    s1 = raw / "sentinel1" / "spain"
+    zf = s1 / "S1A_IW_GRDH_1SDV_20170103T062000_DSC.tif"        # its day has an ascending scene as well
+    tmp = tmp_path / zf.name
+    shutil.move(zf, tmp)
+    zero_filled_copy(tmp, zf)
+    n_zero = _zero_probe_pixels(zf)
+    assert n_zero >= 1
+    neg = s1 / "S1A_IW_GRDH_1SDV_20170109T062000_DSC.tif"
+    with rasterio.open(neg, "r+") as ds:      # the noise floor: one slightly negative VV at Canizal
+        vv = ds.read(1)
+        vv[PIXELS["Canizal"]] = -0.0005
+        ds.write(vv, 1)
+    params = make_params({**RANGE, "paths.raw": str(raw)}, root=tmp_path / "proj")
+    run(params)
+    out = params.path(params.paths.interim)
+    report = json.loads((out / "ingest_report.json").read_text())
+    assert report["sigma0_impossible_masked"] == {"probe_pixels": n_zero + 1,
+                                                  "scenes": {f"spain/{zf.name}": n_zero, f"spain/{neg.name}": 1}}
+    import pandas as pd
+
+    daily = pd.read_parquet(out / "daily.parquet").set_index(["probe_id", "date"])
+    assert (daily["sigma0_vv"].dropna() > 0).all() and (daily["incidence_angle_deg"].dropna() > 0).all()
+    # Carretoro's pixel is zero in the zero-filled scene: that day holds the ascending scene's value alone.
+    assert daily.loc[("Carretoro", pd.Timestamp("2017-01-03")), "sigma0_vv"] == pytest.approx(0.24)
+    assert daily.loc[("Carretoro", pd.Timestamp("2017-01-03")), "incidence_angle_deg"] == pytest.approx(38.0)
+    assert pd.isna(daily.loc[("Canizal", pd.Timestamp("2017-01-09")), "sigma0_vv"])
+    assert daily.loc[("Carretoro", pd.Timestamp("2017-01-09")), "sigma0_vv"] == pytest.approx(0.30)
+
+
+def test_a_scene_in_the_wrong_crs_says_which_crs_the_region_expects(raw, make_params, tmp_path, capsys):
+    import rasterio
+
+    from test_sources_layout import write_tif
+
+    victim = sorted((raw / "sentinel1" / "spain").glob("*.tif"))[0]
+    with rasterio.open(victim) as src:
+        data, tags, transform = src.read(), src.tags(), src.transform
+    write_tif(victim, data, "float32", nodata=float("nan"), tags=tags, transform=transform, crs="EPSG:32631")
+    params = make_params({**RANGE, "paths.raw": str(raw)}, root=tmp_path / "proj")
+    code, err = _cli(["ingest", "--params", str(params.root / "params.yaml")], capsys)
+    (line,) = err.strip().splitlines()
+    assert code == 2 and line.startswith(f"error: {victim}: ")
+    assert line.endswith("the file is in EPSG:32631 but region spain expects EPSG:32630 (static/spain_dtm.tif): "
+                         "reproject it")

@@ -245,60 +245,78 @@ def test_new_scenes_are_gated_versioned_retrained_and_promoted_by_the_rule(proje
 
     from pipelines.retrain import retrain_flow
 
+    from test_bad_input import zero_filled_copy
+
     before = _state(project)
     delivered = deliver.run(project, 30)
     landing = project.path(project.paths.landing)
     half = landing / "sentinel1" / "spain" / "S1A_IW_GRDH_1SDV_20170805T182412_ASC.tif.part"
     half.write_bytes(delivered[0].read_bytes()[:1000])                    # a download still running
+    # Two bad scenes (not the newest): one whose copy stopped after allocating the file (zero bytes, found by the
+    # landing scan) and one delivered in dB (found by the reader in ingest). Each is set aside alone.
+    s1 = sorted((p for p in delivered if p.name.startswith("S1")), key=lambda p: p.name)
+    zero, in_db = s1[1], s1[3]
+    tmp = zero.with_name(zero.name + ".src")
+    os.replace(zero, tmp)
+    zero_filled_copy(tmp, zero)
+    tmp.unlink()
+    import rasterio
+
+    with rasterio.open(in_db, "r+") as ds:
+        ds.write((10.0 * np.log10(ds.read(1))).astype("float32"), 1)
+    bad = {zero, in_db}
+    good = [p for p in delivered if p not in bad]
     # margin -1: promote unless the challenger is worse by more than 1 m3/m3, i.e. always
     write_params(project.root, {**OVERRIDES, "retrain.margin_mae": -1.0})
     result = retrain_flow(str(project.root / "params.yaml"))
 
     after = config.load(project.root / "params.yaml")
-    newest = max(deliver.scene_date(p.name) for p in delivered)
+    newest = max(deliver.scene_date(p.name) for p in good)
     assert after.data.end == newest.isoformat() == result["data_end"]
     assert result["decision"] == "promoted" and _champion(project) == result["challenger_version"] == "2"
     assert result["champion_mae"] > 0 and result["n_matched_days"] > 0
     assert result["improvement"] == pytest.approx(result["champion_mae"] - result["challenger_mae"])
-    assert sorted(p.name for p in landing.rglob("*") if p.is_file()) == [half.name]   # the rest moved to raw
+    aside = {Path(k).name: v for k, v in result["set_aside"].items()}
+    assert set(aside) == {zero.name, in_db.name}
+    assert "zero in every band" in aside[zero.name] and "look like dB" in aside[in_db.name]
+    (reasons,) = (landing / "rejected").glob("*/reason.txt")
+    assert sorted(p.name for p in reasons.parent.rglob("*.tif")) == sorted(p.name for p in bad)
+    assert all(p.relative_to(landing).as_posix() in reasons.read_text() for p in bad)
+    left = sorted(p.name for p in landing.rglob("*") if p.is_file() and "rejected" not in p.parts)
+    assert left == [half.name]                                            # the rest moved to raw
     raw = project.path(project.paths.raw)
-    assert all((raw / p.relative_to(landing)).is_file() for p in delivered)
+    assert all((raw / p.relative_to(landing)).is_file() for p in good)
+    assert not any((raw / p.relative_to(landing)).exists() for p in bad)
     daily = pd.read_parquet(project.path(project.paths.processed) / "daily.parquet")
     assert daily["date"].max() == pd.Timestamp(newest)
     assert _state(project)["dvc.lock"] != before["dvc.lock"] and newest.isoformat() in _state(project)["dvc.lock"]
     run = _retrain_runs(project)[-1]
     assert run.data.tags["decision"] == "promoted" and run.info.status == "FINISHED"
     assert run.data.metrics["champion_mae"] == pytest.approx(result["champion_mae"])
-    assert run.data.metrics["scenes_accepted"] == len(delivered) and run.data.metrics["scenes_incomplete"] == 1
+    assert run.data.metrics["scenes_accepted"] == len(delivered) - 1 and run.data.metrics["scenes_incomplete"] == 1
+    assert run.data.metrics["scenes_rejected"] == 1                      # the zero-filled one, at the scan
     assert {"challenger_run_id", "champion_run_id", "quality_run_id"} <= set(run.data.tags)
     assert run.data.tags["champion_before"].endswith("/1") and run.data.tags["champion_after"].endswith("/2")
 
 
 
-def test_a_corrupt_scene_fails_the_gate_and_leaves_champion_data_and_version(project) -> None:
-    import rasterio
-
+def test_a_batch_failing_the_gate_is_set_aside_whole_and_leaves_champion_data_and_version(project) -> None:
+    """A gate failure no single new scene explains (here: every ECV_SM value above a strict ``quality.ecv_sm_max``)
+    sets the whole batch aside. (A scene a reader refuses is set aside alone: the promotion test above.)"""
     from soilmoisture.simulate import deliver
 
     from pipelines.retrain import retrain_flow
 
+    write_params(project.root, {**OVERRIDES, "quality.ecv_sm_max": 0.01})
     before = _state(project)
-    delivered = deliver.run(project, 20)
-    bad = next(p for p in delivered if p.name.startswith("S1"))
-    region = bad.parent.name
-    manifest = json.loads((project.path(project.paths.raw) / "manifest.json").read_text())
-    probe = next(p for p in manifest["probes"] if p["region"] == region)
-    with rasterio.open(bad, "r+") as ds:      # a calibration fault at one probe: slightly negative sigma0
-        vv = ds.read(1)
-        vv[probe["row"], probe["col"]] = -0.0005
-        ds.write(vv, 1)
+    deliver.run(project, 20)
     state = retrain_flow(str(project.root / "params.yaml"), return_state=True)
     assert state.is_failed()
     assert _state(project) == before
     landing = project.path(project.paths.landing)
     rejected = list((landing / "rejected").glob("*/reason.txt"))
     assert len(rejected) == 1
-    assert "quality gate failed" in rejected[0].read_text() and "sigma0_within_0_max" in rejected[0].read_text()
+    assert "quality gate failed" in rejected[0].read_text() and "ecv_sm_within_0_max" in rejected[0].read_text()
     assert not deliver.scene_files(landing)                               # the whole batch was set aside
     run = _retrain_runs(project)[-1]
     assert run.data.tags["decision"] == "rejected" and run.info.status == "FAILED"

@@ -332,6 +332,55 @@ def _n_files(folder: Path, pattern: str) -> int:
     return sum(1 for _ in folder.glob(pattern)) if folder.is_dir() else 0
 
 
+def expected_crs(raw: Path, region: str) -> tuple[str, str] | None:
+    """(CRS, where it comes from) a region's rasters must share: ``manifest.json``, else the region's DTM."""
+    f = raw / "manifest.json"
+    if f.is_file():
+        try:
+            crs = (json.loads(f.read_text()).get("regions") or {}).get(region, {}).get("crs")
+        except (ValueError, AttributeError):
+            crs = None
+        if crs:
+            return str(crs), f"{f.name}"
+    dtm = raw / "static" / f"{region}_dtm.tif"
+    if dtm.is_file():
+        import rasterio
+
+        try:
+            with rasterio.open(dtm) as src:
+                return (str(src.crs), f"static/{dtm.name}") if src.crs else None
+        except Exception:  # an unreadable DTM reports itself when it is read
+            return None
+    return None
+
+
+def _with_expected_crs(e: DataError, raw: Path, regions: set[str]) -> DataError:
+    """A raster error about probes outside the raster, with the CRS the region expects when the file's differs."""
+    if not e.path or "does not contain probe" not in e.problem:
+        return e
+    path = Path(e.path)
+    try:
+        rel = path.relative_to(raw).parts
+    except ValueError:
+        return e
+    region = next((p for p in rel[:-1] if p in regions), None) or \
+        next((r for r in regions if rel and rel[-1].startswith(f"{r}_")), None)
+    want = expected_crs(raw, region) if region else None
+    if want is None:
+        return e
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            got = str(src.crs)
+    except Exception:
+        return e
+    if got == want[0]:
+        return e
+    return DataError(e.path, f"{e.problem}; the file is in {got} but region {region} expects {want[0]} ({want[1]}): "
+                             "reproject it", field=e.field)
+
+
 def read_rasters(raw: Path, probes: pd.DataFrame, params: Params, workers: int | None = None) -> dict[str, Any]:
     """Sentinel-1/2, static layers, weather and products under ``raw`` for the given probes.
 
@@ -370,7 +419,10 @@ def read_rasters(raw: Path, probes: pd.DataFrame, params: Params, workers: int |
     size = {"s1": 3, "ecv": 3, "csm": 2, "s2": 1, "static": 0}
     jobs.sort(key=lambda j: -size.get(j[0].split("/")[0], 0))
     t0 = time.perf_counter()
-    res = _run_jobs(jobs, workers)
+    try:
+        res = _run_jobs(jobs, workers)
+    except DataError as e:
+        raise _with_expected_crs(e, raw, set(probes["region"].astype(str))) from None
     log.info("rasters and products read: %d files, %d jobs, %d worker(s) (%.1f s)", n_files, len(jobs), workers,
              time.perf_counter() - t0)
 
@@ -379,6 +431,10 @@ def read_rasters(raw: Path, probes: pd.DataFrame, params: Params, workers: int |
         return pd.concat(parts, ignore_index=True) if parts else None
 
     out: dict[str, Any] = {"sigma0": cat("s1"), "vi": cat("s2"), "static": cat("static"), "products": []}
+    # Scenes whose probe pixels held impossible sigma0/incidence (masked by the reader), for the report.
+    out["sigma0_impossible"] = {f"{k.split('/', 1)[1]}/{name}": n for k, v in res.items()
+                                if k.startswith("s1/") and v is not None
+                                for name, n in v.attrs.get("impossible_masked", {}).items()}
     for kind in ("csm", "ecv"):
         frame = cat(kind)
         if frame is not None:
@@ -446,6 +502,8 @@ def build(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
         probes["region"] = [_region_of(n) for n in probes["network"]]
         if raw.is_dir():  # optional rasters in the raw layout
             extra = read_rasters(raw, probes, params)
+    masked = extra.get("sigma0_impossible") or {}
+    report["sigma0_impossible_masked"] = {"probe_pixels": int(sum(masked.values())), "scenes": masked}
     ing, q = params.ingest, params.quality
     daily, probe_table = harmonise_frames(
         probes, params.data.dates, in_situ,
@@ -564,9 +622,9 @@ def run(params: Params) -> dict[str, Any]:
     daily, probes, report = build(params)
     publish(out, dict(zip(TABLES, (daily, probes))), REPORT, report)
     log.info("ingest: %d probes x %d days -> %s (%d frozen days removed, %d flagged SSM days, "
-             "%d sigma0 outliers, %d probes excluded)", report["probes"], report["days"], out,
-             report["frozen_days_removed"], report["ssm_flagged_days"], report["sigma0_outliers_removed"],
-             len(report["probes_excluded"]))
+             "%d sigma0 outliers, %d impossible sigma0 masked, %d probes excluded)", report["probes"], report["days"],
+             out, report["frozen_days_removed"], report["ssm_flagged_days"], report["sigma0_outliers_removed"],
+             report["sigma0_impossible_masked"]["probe_pixels"], len(report["probes_excluded"]))
     return report
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from soilmoisture.errors import ConfigError, DataError
-from soilmoisture.quality.rules import sigma0_outliers
+from soilmoisture.quality.rules import s1_impossible, sigma0_outliers
 
 # Feature groups by how they vary in space and time.
 PIXEL_DYNAMIC = ("sigma0_vv", "sigma0_vh", "incidence_angle_deg", "ndvi", "ndwi")
@@ -345,6 +345,7 @@ def _sigma0_window(src: Sources, window: Any, names: list[str], stat_days: tuple
                     raise DataError(path, "tag UNITS=linear but ingest.sigma0_units is 'db'", field=BANDS[b])
                 check_db(a[j], path, BANDS[b])
                 a[j] = 10.0 ** (a[j] / 10.0)
+        a[s1_impossible(a)] = np.nan     # sigma0 <= 0 / incidence <= 0 deg: as the reader masks them
         stack[k] = a
     days, daily = daily_mean(np.array([d for d, _ in sel], np.int64), stack)
     out = {BANDS[b]: daily[:, j] for j, b in enumerate(want)}

@@ -28,4 +28,15 @@ def sigma0_outliers(sigma0: np.ndarray, zscore: float, sigma0_max: float) -> np.
     return out
 
 
-__all__ = ["sigma0_outliers"]
+def s1_impossible(values: np.ndarray) -> np.ndarray:
+    """Boolean mask of Sentinel-1 values that cannot be: linear sigma0 (VV, VH) <= 0 and incidence angle <= 0 deg.
+
+    Zero bytes (a file allocated at full size and never filled) read as exactly these; thermal-noise removal
+    leaves slightly negative sigma0 over dark surfaces. Masked (NaN) before anything else reads them; NaN is
+    never impossible. Apply to linear values (after a dB conversion every value is positive).
+    """
+    with np.errstate(invalid="ignore"):
+        return np.asarray(values, np.float64) <= 0.0
+
+
+__all__ = ["s1_impossible", "sigma0_outliers"]

@@ -2,6 +2,9 @@
 
 A ``.part`` file, a file modified less than ``retrain.min_age_seconds`` ago or one that cannot be read to the
 end is left for the next run; a scene already in ``paths.raw`` (same bytes) is a duplicate of an earlier run.
+A Sentinel-1 scene that reads but holds zero bytes where data belongs (every band 0, so sigma0 0 and incidence
+0 deg: a file allocated at full size whose copy stopped) is ``rejected``: :func:`set_aside` moves that file
+alone to ``landing/rejected/<run>/`` with its reason; the rest of the batch goes on.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ def scene_date(name: str) -> dt.date | None:
     return None
 
 
-Status = Literal["accepted", "incomplete", "ignored", "duplicate"]
+Status = Literal["accepted", "incomplete", "ignored", "duplicate", "rejected"]
+STATUSES: tuple[str, ...] = ("accepted", "incomplete", "ignored", "duplicate", "rejected")
 
 
 # --- 1. landing folder -------------------------------------------------------------------------------
@@ -43,8 +47,10 @@ class LandingFile:
     day: dt.date | None = None
 
 
-def completeness(name: str, age_s: float, min_age_s: float, read_error: str | None) -> tuple[Status, str]:
-    """Pure rule: is a landing file a complete scene? (status, reason). ``read_error`` None = read to the end."""
+def completeness(name: str, age_s: float, min_age_s: float, read_error: str | None,
+                 content_error: str | None = None) -> tuple[Status, str]:
+    """Pure rule: is a landing file a complete scene? (status, reason). ``read_error`` None = read to the end;
+    ``content_error`` None = its values are possible (else the file is rejected, alone)."""
     if name.endswith(PART_SUFFIX) or name.startswith("."):
         return "incomplete", "still being written (temporary name)"
     if scene_date(name) is None:
@@ -53,19 +59,42 @@ def completeness(name: str, age_s: float, min_age_s: float, read_error: str | No
         return "incomplete", f"modified {age_s:.0f} s ago (< retrain.min_age_seconds = {min_age_s:.0f})"
     if read_error is not None:
         return "incomplete", f"cannot be read to the end ({read_error}); left for the next run"
+    if content_error is not None:
+        return "rejected", content_error
     return "accepted", "complete"
+
+
+def inspect(path: Path) -> tuple[str | None, str | None]:
+    """(read error, content error) of a scene file, reading it once; None where there is none.
+
+    Read error: a band does not read (a truncated file fails here, not in ingest). Content error, Sentinel-1
+    only: pixels zero in every band (no S1 pixel has incidence 0 deg; a file whose nodata is 0 is exempt).
+    """
+    import numpy as np
+    import rasterio
+
+    from soilmoisture.sources import sentinel1
+
+    try:
+        with rasterio.open(path) as src:
+            data = src.read()
+            nodata = src.nodatavals
+    except Exception as e:  # rasterio/GDAL raise several types for a damaged or partial file
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300], None
+    if not sentinel1.NAME_RE.match(Path(path).name) or any(nd == 0 for nd in nodata):
+        return None, None
+    zero = (data == 0).all(axis=0)
+    if not zero.any():
+        return None, None
+    rows = np.flatnonzero(zero.any(axis=1))
+    return None, (f"{int(zero.sum())} of {zero.size} pixels (rows {rows[0]}-{rows[-1]} of {zero.shape[0]}) are zero in "
+                  "every band (sigma0 0 and incidence 0 deg cannot be: zero-filled bytes, a copy that stopped?); "
+                  "set aside, deliver the scene again")
 
 
 def read_error(path: Path) -> str | None:
     """None if every band of the raster reads; else the reason (a truncated file fails here, not in ingest)."""
-    import rasterio
-
-    try:
-        with rasterio.open(path) as src:
-            src.read()
-    except Exception as e:  # rasterio/GDAL raise several types for a damaged or partial file
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-    return None
+    return inspect(path)[0]
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
@@ -91,7 +120,7 @@ def scan_landing(landing: Path, raw: Path, min_age_s: float, now: float | None =
         # Reading is the expensive test: only for files that pass the cheap ones.
         status, reason = completeness(p.name, age, min_age_s, None)
         if status == "accepted":
-            status, reason = completeness(p.name, age, min_age_s, read_error(p))
+            status, reason = completeness(p.name, age, min_age_s, *inspect(p))
         if status == "accepted" and (raw / rel).is_file() and _same_bytes(p, raw / rel):
             status, reason = "duplicate", "already in the raw folder (an earlier run stopped after committing)"
         out.append(LandingFile(p, rel, status, reason, scene_date(p.name)))
@@ -118,19 +147,34 @@ def drop_duplicates(files: list[LandingFile]) -> int:
     return n
 
 
-def reject(landing: Path, accepted: list[LandingFile], tag: str, reason: str) -> Path:
-    """Move a refused batch to ``landing/rejected/<tag>/`` with ``reason.txt`` (an operator decides later)."""
+def _move(landing: Path, files: list[LandingFile], tag: str, reason_lines: list[str]) -> Path:
     dst_root = Path(landing) / REJECTED / tag
     dst_root.mkdir(parents=True, exist_ok=True)
-    for f in accepted:
+    for f in files:
         dst = dst_root / f.rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if f.path.exists():
             os.replace(f.path, dst)
-    (dst_root / "reason.txt").write_text(reason.rstrip() + "\n")
+    with open(dst_root / "reason.txt", "a") as out:   # a run may set files aside and then reject the rest
+        out.writelines(line.rstrip() + "\n" for line in reason_lines)
+    return dst_root
+
+
+def reject(landing: Path, accepted: list[LandingFile], tag: str, reason: str) -> Path:
+    """Move a refused batch to ``landing/rejected/<tag>/`` with ``reason.txt`` (an operator decides later)."""
+    dst_root = _move(landing, accepted, tag, [reason])
     log.warning("rejected %d scenes into %s: %s", len(accepted), dst_root, reason)
     return dst_root
 
 
-__all__ = ["LandingFile", "Status", "completeness", "drop_duplicates", "new_data_end", "read_error", "reject",
-           "scan_landing", "scene_date"]
+def set_aside(landing: Path, files: list[LandingFile], tag: str, reason: str | None = None) -> Path:
+    """Move single bad scenes (not their batch) to ``landing/rejected/<tag>/``; ``reason.txt`` gets one line
+    per file, ``<file>: <reason>`` (the file's own reason unless ``reason`` is given)."""
+    dst_root = _move(landing, files, tag, [f"{f.rel}: {reason or f.reason}" for f in files])
+    for f in files:
+        log.warning("set aside %s (the rest of the batch goes on): %s", f.rel, reason or f.reason)
+    return dst_root
+
+
+__all__ = ["STATUSES", "LandingFile", "Status", "completeness", "drop_duplicates", "inspect", "new_data_end",
+           "read_error", "reject", "scan_landing", "scene_date", "set_aside"]

@@ -13,7 +13,7 @@ import numpy as np
 from soilmoisture import tracking
 from soilmoisture.config import Params
 from soilmoisture.retrain.challenger import current_champion, model_name, retrain_variant
-from soilmoisture.retrain.landing import LandingFile
+from soilmoisture.retrain.landing import STATUSES, LandingFile
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def log_scenes(params: Params, rid: str, files: list[LandingFile]) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking.tracking_uri(params))
-    for status in ("accepted", "incomplete", "ignored", "duplicate"):
+    for status in STATUSES:
         client.log_metric(rid, f"scenes_{status}", float(sum(f.status == status for f in files)))
     doc = [{"file": f.rel, "status": f.status, "reason": f.reason, "day": f.day.isoformat() if f.day else None}
            for f in files]

@@ -63,6 +63,22 @@ def staged_params(params: Params, st: Staging, data_end: str) -> Params:
     return dataclasses.replace(params, paths=paths, data=dataclasses.replace(params.data, end=data_end))
 
 
+def staged_scene(st: Staging, accepted: list[LandingFile], path: str | Path | None) -> LandingFile | None:
+    """The accepted scene whose staged copy is ``path`` (a reader's DataError names it), else None."""
+    if path is None:
+        return None
+    try:
+        rel = Path(path).resolve().relative_to(st.raw.resolve()).as_posix()
+    except ValueError:
+        return None
+    return next((f for f in accepted if f.rel == rel), None)
+
+
+def unstage(st: Staging, f: LandingFile) -> None:
+    """Take one scene back out of the staged raw folder (it is set aside; the others are ingested again)."""
+    (st.raw / f.rel).unlink(missing_ok=True)
+
+
 def cleanup(st: Staging) -> None:
     shutil.rmtree(st.root, ignore_errors=True)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from soilmoisture.errors import DataError
+from soilmoisture.quality.rules import s1_impossible
 from soilmoisture.sources._raster import open_raster, raster_env, sample
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,22 @@ def _acquisition_date(src: object, path: Path) -> pd.Timestamp:
         return pd.to_datetime(m.group(1), format=DATE_FORMAT).normalize()  # type: ignore[union-attr]
     except (ValueError, AttributeError) as e:
         raise DataError(path, f"no acquisition date in tag ACQUISITION_TIME or file name ({e})") from None
+
+
+def mask_impossible(vals: np.ndarray, path: Path) -> int:
+    """Set sigma0 <= 0 (linear) and incidence <= 0 deg to NaN in place (``quality.rules.s1_impossible``).
+
+    ``vals``: (probes, bands) in BANDS order. Returns how many probe pixels lost a value; a warning names the
+    scene (all bands zero: zero-filled bytes, e.g. a copy that stopped; a few negative sigma0: the noise floor).
+    """
+    bad = s1_impossible(vals)
+    n = int(bad.any(axis=1).sum())
+    if n:
+        zero = int((vals == 0).all(axis=1).sum())
+        log.warning("%s: %d of %d probe pixels hold sigma0 <= 0 or incidence <= 0 deg, impossible%s: masked", path,
+                    n, len(vals), f" ({zero} zero in every band: zero-filled bytes?)" if zero else "")
+        vals[bad] = np.nan
+    return n
 
 
 def check_linear(values: np.ndarray, path: Path, band: str) -> None:
@@ -79,6 +96,7 @@ def read_sentinel1(folder: Path, probes: pd.DataFrame, units: str = "linear") ->
     """
     files = scene_files(folder)
     rows = []
+    impossible: dict[str, int] = {}     # scene file -> probe pixels masked by mask_impossible
     ids = probes["probe_id"].to_numpy()
     with raster_env():
         for path in files:
@@ -100,6 +118,9 @@ def read_sentinel1(folder: Path, probes: pd.DataFrame, units: str = "linear") ->
                         raise DataError(path, "tag UNITS=linear but ingest.sigma0_units is 'db'", field=band)
                     check_db(vals[:, b], path, band)
                     vals[:, b] = 10.0 ** (vals[:, b] / 10.0)
+            n_masked = mask_impossible(vals, path)
+            if n_masked:
+                impossible[path.name] = n_masked
             block = np.full((len(ids), len(BANDS)), np.nan)
             block[:, : vals.shape[1]] = vals
             rows.append((date, block))
@@ -111,5 +132,6 @@ def read_sentinel1(folder: Path, probes: pd.DataFrame, units: str = "linear") ->
     out.insert(0, "probe_id", np.tile(ids, len(rows)))
     # Ascending and descending scenes of the same day: mean (task spec; the thesis used both orbits).
     out = out.groupby(["probe_id", "date"], as_index=False).mean(numeric_only=True)
+    out.attrs["impossible_masked"] = impossible
     log.info("Sentinel-1 %s: %d scenes, %d probes", folder, len(files), len(probes))
     return out
