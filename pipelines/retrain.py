@@ -133,6 +133,10 @@ def _retrain(params: Params, params_file: Path) -> dict[str, Any]:
                 detail["rejected_to"] = str(where)
                 retrain.finish_record(params, rid, "rejected", {**detail, "reason": str(e)}, failed=str(e))
                 raise
+        rep = summary.get("ingest_report") or {}
+        logger.info("ingest of the staged data: %s probes x %s days, %s impossible sigma0 masked, %d probes excluded",
+                    rep.get("probes"), rep.get("days"), (rep.get("sigma0_impossible_masked") or {}).get("probe_pixels"),
+                    len(rep.get("probes_excluded") or []))
         retrain.log_step(params, rid, "gate", time.perf_counter() - t0,
                          **{tracking.TAG_QUALITY_RUN: str(summary.get("mlflow_run_id", "-"))})
 

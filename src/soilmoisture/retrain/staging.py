@@ -125,11 +125,13 @@ class exclusive:
 
 
 def ingest_and_gate(sparams: Params) -> dict[str, Any]:
-    """Ingest and the quality gate on the staged copy; publishes only into the staging folder."""
+    """Ingest and the quality gate on the staged copy; publishes only into the staging folder.
+
+    Returns the gate's summary with the ingest report under ``ingest_report``."""
     from soilmoisture import stages
 
-    stages.ingest(sparams)
-    return stages.validate(sparams)
+    report = stages.ingest(sparams)
+    return {**stages.validate(sparams), "ingest_report": report}
 
 
 __all__ = ["Busy", "Staging", "cleanup", "exclusive", "ingest_and_gate", "remove_stale_staging", "stage",

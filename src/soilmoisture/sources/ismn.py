@@ -299,8 +299,8 @@ def _read(path: Path, work_dir: Path, temp_root: Path, max_depth_m: float,
     if n_files == 0:
         raise DataError(path, "no ISMN data file (*.stm) in this archive; give one ISMN zip or unzipped folder")
     # The metadata scan reads every file once per archive (then cached). Serial: the package's parallel mode
-    # (threads + a multiprocessing manager process that outlives a killed run) was no faster on 112 files
-    # (3.0-3.2 s serial, 3.4-3.6 s parallel, 2 cores).
+    # (threads + a multiprocessing manager process that outlives a killed run) was slower on 112 files on a
+    # quiet machine (2.0-2.2 s serial, 2.6-2.9 s parallel; benchmarks/RESULTS.md "ISMN metadata").
     ds = _interface(path, work_dir, temp_root)
 
     flags = set(quality_flags)
