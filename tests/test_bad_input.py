@@ -435,3 +435,29 @@ def test_a_scene_in_the_wrong_crs_says_which_crs_the_region_expects(raw, make_pa
     assert code == 2 and line.startswith(f"error: {victim}: ")
     assert line.endswith("the file is in EPSG:32631 but region spain expects EPSG:32630 (static/spain_dtm.tif): "
                          "reproject it")
+
+
+def test_a_probe_whose_source_values_are_all_missing_is_reported_as_such():
+    import numpy as np
+    import pandas as pd
+
+    from soilmoisture.harmonise import harmonise_frames
+
+    probes = pd.DataFrame({"probe_id": ["a", "b", "c"], "network": "X", "region": "spain", "lat": 41.3, "lon": -5.4})
+    rows = pd.DataFrame({"probe_id": ["a", "a", "b"], "date": pd.to_datetime(["2017-01-02", "2017-01-03", "2017-01-02"]),
+                         "ssm": [np.nan, np.nan, 0.25], "ts_max": [4.0, 4.0, 4.0]})
+    report: dict = {}
+    harmonise_frames(probes, pd.date_range("2017-01-01", "2017-01-05"), rows, report=report)
+    reasons = {e["probe_id"]: e["reason"] for e in report["probes_excluded"]}
+    assert reasons == {"a": "no SSM value in the source: all 2 of its daily SSM values are missing (NaN)",
+                       "c": "no SSM value in the source: it has no in-situ row at all"}
+
+
+def test_a_read_only_processed_folder_stops_validate_before_the_checks(make_params, tmp_path, read_only, capsys):
+    params = make_params(root=tmp_path / "proj")
+    parent = params.path(params.paths.processed).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    read_only(parent)
+    code, err = _cli(["validate", "--params", str(params.root / "params.yaml")], capsys)
+    (line,) = err.strip().splitlines()
+    assert code == 2 and line.startswith(f"error: {parent}") and "the folder of paths.processed is not writable" in line
