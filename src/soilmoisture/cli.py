@@ -22,7 +22,7 @@ STAGES: dict[str, str] = {
     "train": "leave-one-probe-out protocol tracked in MLflow; registers the final model",
     "evaluate": "compare the latest protocol run with ECV_SM, CSM and baselines; tables, figures, HTML report",
     "tune": "Optuna hyperparameter search (thesis 3.3.1); resumable, shareable by several workers",
-    "map": "daily SSM maps (Cloud-Optimised GeoTIFF) of map.region with the registered model",
+    "map": "daily SSM maps of map.region with the registered model (COG stack, daily COGs, CF NetCDF or Zarr; STAC)",
 }
 # Stage functions whose name differs from the command (``map`` would shadow the builtin).
 STAGE_FUNCTIONS: dict[str, str] = {"map": "map_"}
