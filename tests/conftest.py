@@ -24,6 +24,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 TINY = {
     "simulate.probes_per_region": {"denmark": 3, "finland": 2, "spain": 3, "sweden": 2},
     "simulate.tile_px": {"default": 16, "bench": 500},
+    "simulate.patch_px": 16,
     "simulate.start": "2017-01-01",
     "simulate.end": "2017-12-31",
     "data.start": "2017-01-01",

@@ -321,3 +321,57 @@ def test_docs_data_md_carries_the_schema_tables():
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
     assert contract_markdown() in docs, "regenerate with: python -m soilmoisture.harmonise --contract"
+
+
+def test_a_scene_covering_part_of_the_probes_is_ingested_and_counted_in_the_report(make_params, tiny_raw_dir,
+                                                                                  tmp_path):
+    """Issue 24 item 8: such a scene no longer stops ingest; its missing probe-days are counted per probe."""
+    import shutil
+
+    import rasterio
+    from rasterio.windows import Window
+
+    from soilmoisture.harmonise import run
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw_dir, raw)
+    src = sorted((raw / "sentinel1" / "spain").glob("S1*.tif"))[0]
+    clip = raw / "sentinel1" / "spain" / "east" / "S1A_IW_GRDH_1SDV_20170115T062000_DSC.tif"
+    clip.parent.mkdir()
+    with rasterio.open(src) as ds:                 # the tile's right half only: Carretoro (col 12), not Canizal (col 4)
+        w = Window(8, 0, 8, 16)
+        profile = {**ds.profile, "width": 8, "height": 16, "transform": ds.window_transform(w)}
+        data = ds.read(window=w)
+        tags = {**ds.tags(), "ACQUISITION_TIME": "2017-01-15T06:20:00"}
+    with rasterio.open(clip, "w", **profile) as out:
+        out.write(data)
+        out.update_tags(**tags)
+    params = make_params({**RANGE, "paths.raw": str(raw)}, root=tmp_path / "proj")
+    run(params)
+    out = params.path(params.paths.interim)
+    report = json.loads((out / "ingest_report.json").read_text())
+    assert report["scenes_not_covering_probes"]["sentinel1"]["by_probe"] == {"Canizal": 1, "Empty": 1}
+    daily = pd.read_parquet(out / "daily.parquet").set_index(["probe_id", "date"])
+    assert daily.loc[("Carretoro", pd.Timestamp("2017-01-15")), "sigma0_vv"] == pytest.approx(0.05)
+    assert np.isnan(daily.loc[("Canizal", pd.Timestamp("2017-01-15")), "sigma0_vv"])
+
+
+def test_simulated_soil_texture_comes_through_the_soilgrids_reader(simulated, tiny_area):
+    """The simulator's SoilGrids-like files are in the real SoilGrids layout and reach the probe table through
+    the same reader a real SoilGrids clip goes through."""
+    import rasterio
+
+    from soilmoisture.sources.soilgrids import read_soilgrids
+
+    _, _, probes, _ = simulated
+    raw = tiny_area / "data" / "raw"
+    for region, grp in probes.groupby("region"):
+        files = sorted((raw / "soilgrids" / region).glob("*/sand_0-5cm_mean.tif"))
+        assert files, region
+        with rasterio.open(files[0]) as ds:
+            assert "igh" in ds.crs.to_proj4() and ds.res == (250.0, 250.0)
+            assert ds.dtypes[0] == "int16" and ds.nodata == -32768
+        sg = read_soilgrids(raw / "soilgrids" / region, grp[["probe_id", "lat", "lon"]]).set_index("probe_id")
+        table = grp.set_index("probe_id")
+        for col in ("sand_pct", "clay_pct", "silt_pct", "organic_carbon_pct"):
+            np.testing.assert_allclose(table[col], sg.loc[table.index, col], err_msg=f"{region} {col}")

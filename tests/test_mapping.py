@@ -54,8 +54,9 @@ def map_model(mapped):
 
 
 def _manifest_probes(params, region: str) -> list[dict]:
+    """The region's probes inside its mapping tile (the others sit in patches clipped to the network)."""
     man = json.loads((params.path(params.paths.raw) / "manifest.json").read_text())
-    return [p for p in man["probes"] if p["region"] == region]
+    return [p for p in man["probes"] if p["region"] == region and p["area"] == "tile"]
 
 
 def test_feature_cube_at_a_probe_pixel_equals_the_harmonised_probe_series(mapped):

@@ -162,14 +162,15 @@ def test_partial_young_and_truncated_files_wait_in_landing(project) -> None:
     from soilmoisture.simulate import deliver
 
     raw, landing = project.path(project.paths.raw), project.path(project.paths.landing)
-    complete, *_ = deliver.run(project, 10)
+    delivered = deliver.run(project, 10)
+    complete = delivered[0]
     src = complete.read_bytes()
     truncated = complete.parent / "S1A_IW_GRDH_1SDV_20170801T000000_ASC.tif"
     truncated.write_bytes(src[: len(src) // 2])                          # the writer died half-way
     part = complete.parent / "S1B_IW_GRDH_1SDV_20170802T000000_ASC.tif.part"
     part.write_bytes(src)
     old = time.time() - 3600
-    for f in (complete, truncated, part):
+    for f in (*delivered, truncated, part):   # (the same acquisition also arrives clipped to the network)
         os.utime(f, (old, old))
     young = complete.parent / "S1B_IW_GRDH_1SDV_20170803T000000_ASC.tif"
     young.write_bytes(src)                                               # complete bytes, but just arrived

@@ -33,9 +33,9 @@ def test_ssm_truth_stays_between_residual_and_porosity(tiny_area: Path) -> None:
 
     raw, truth = tiny_area / "data" / "raw", tiny_area / "data" / "truth"
     for region in _manifest(tiny_area)["regions"]:
-        with rasterio.open(raw / "static" / f"{region}_soil.tif") as s, \
+        with rasterio.open(truth / f"{region}_soil.tif") as s, \
                 rasterio.open(raw / "static" / f"{region}_clc.tif") as c:
-            clay, _silt, sand, oc, _bs = s.read().astype(np.float64)
+            clay, _silt, sand, oc, _bs, _wet = s.read().astype(np.float64)
             clc = c.read(1)
         phi, theta_r, _ks, _b = landscape.hydraulics(sand, clay, oc, clc)
         with rasterio.open(truth / f"{region}_ssm.tif") as t:
@@ -58,26 +58,29 @@ def test_sigma0_rises_with_ssm_over_low_vegetation_and_much_less_under_forest() 
 
 
 def test_sigma0_rasters_follow_ssm_on_open_land_not_in_forest(tiny_area: Path) -> None:
+    """At the probe pixels of the written scenes (tile or network clip): VV in dB rises with the true SSM over open
+    land, much less under forest."""
     import rasterio
 
     raw = tiny_area / "data" / "raw"
-    with rasterio.open(raw / "static" / "denmark_clc.tif") as c:
-        clc = c.read(1).ravel()
-    with rasterio.open(tiny_area / "data" / "truth" / "denmark_ssm.tif") as t:
-        ssm = t.read().reshape(365, -1)
-    frozen = _truth(tiny_area).query("region == 'denmark'").groupby("date")["frozen"].any().to_numpy()
+    truth = _truth(tiny_area).set_index(["probe_id", "date"])
     xs, ys = {"open": [], "forest": []}, {"open": [], "forest": []}
-    for path in _s1_files(tiny_area, "denmark"):
-        day = (pd.Timestamp(path.name.split("_")[4][:8]) - pd.Timestamp("2017-01-01")).days
-        if frozen[day]:
+    for p in _manifest(tiny_area)["probes"]:
+        group = "forest" if p["landcover_code"] == 312 else "open" if p["landcover_code"] in (211, 212, 242, 243, 321,
+                                                                                            322, 331) else None
+        if group is None:
             continue
-        with rasterio.open(path) as s:
-            vv = s.read(1).ravel()
-        for group, mask in (("open", np.isin(clc, [211, 212, 242, 243, 321, 322, 331])), ("forest", clc == 312)):
-            keep = mask & (vv < 1.0)                 # leave out corner-reflector outliers
-            xs[group].append(ssm[day][keep])
-            ys[group].append(10 * np.log10(vv[keep]))
-    slope = {g: np.polyfit(np.concatenate(xs[g]), np.concatenate(ys[g]), 1)[0] for g in xs}
+        folder = raw / "sentinel1" / p["region"] / ("" if p["area"] == "tile" else p["area"])
+        for path in sorted(folder.glob("S1*.tif")):
+            t = truth.loc[(p["probe_id"], pd.Timestamp(path.name.split("_")[4][:8]))]
+            if t["frozen"]:
+                continue
+            with rasterio.open(path) as ds:
+                vv = float(ds.read(1, window=((p["row"], p["row"] + 1), (p["col"], p["col"] + 1)))[0, 0])
+            if vv < 1.0:                             # leave out corner-reflector outliers
+                xs[group].append(t["ssm_true"])
+                ys[group].append(10 * np.log10(vv))
+    slope = {g: np.polyfit(xs[g], ys[g], 1)[0] for g in xs}
     assert slope["open"] > 10.0
     assert slope["forest"] < slope["open"] / 3
 
@@ -119,10 +122,14 @@ def test_raster_files_open_with_rasterio(tiny_area: Path) -> None:
     with rasterio.open(s2[0]) as ds:
         assert ds.count == 5 and ds.dtypes[0] == "uint16" and ds.nodata == 0
         assert ds.descriptions == ("B04", "B8A", "B12", "CLD", "SNW")
-    for name, count in (("dtm", 1), ("clc", 1), ("soil", 5)):
+    for name in ("dtm", "clc"):
         with rasterio.open(raw / "static" / f"{region}_{name}.tif") as ds:
-            assert ds.count == count
-    csm = sorted((raw / "products" / "csm" / region).glob("CSM_SSM1km_*.tif"))
+            assert ds.count == 1
+        with rasterio.open(raw / "static" / region / f"network_{name}.tif") as ds:   # clipped to the network
+            assert ds.count == 1 and ds.block_shapes[0] == (64, 64)
+    # Every acquisition also exists clipped to the network's bounding box (patches around the other probes).
+    assert {f.name for f in (raw / "sentinel1" / region / "network").glob("S1*.tif")} == {f.name for f in s1}
+    csm = sorted((raw / "products" / "csm" / region).glob("*/CSM_SSM1km_*.tif"))
     assert len(csm) == len({f.name.split("_")[4][:8] for f in s1})
     with rasterio.open(csm[0]) as ds:
         assert ds.res == (1000.0, 1000.0)
@@ -198,9 +205,12 @@ def test_probe_pixels_carry_the_probe_land_cover(tiny_area: Path) -> None:
     import rasterio
 
     man = _manifest(tiny_area)
+    static = tiny_area / "data" / "raw" / "static"
+    assert {p["area"] for p in man["probes"]} >= {"tile", "network"}
     for p in man["probes"]:
-        with rasterio.open(tiny_area / "data" / "raw" / "static" / f"{p['region']}_clc.tif") as ds:
-            code = int(ds.read(1)[p["row"], p["col"]])
+        path = static / (f"{p['region']}_clc.tif" if p["area"] == "tile" else f"{p['region']}/{p['area']}_clc.tif")
+        with rasterio.open(path) as ds:
+            code = int(ds.read(1, window=((p["row"], p["row"] + 1), (p["col"], p["col"] + 1)))[0, 0])
             row, col = ds.index(*_to_crs(ds.crs, p["lon"], p["lat"]))
         assert code == p["landcover_code"] and (row, col) == (p["row"], p["col"])
         assert code not in (512, 112)
@@ -254,6 +264,7 @@ def test_same_seed_gives_byte_identical_files_serial_or_parallel(make_params, tm
     ("simulate.pixel_m", 0.1, "simulate.pixel_m"),
     ("simulate.size", "huge", "simulate.size"),
     ("simulate.end", "2016-01-01", "simulate.end"),
+    ("simulate.patch_px", 24, "simulate.patch_px"),
 ])
 def test_bad_simulate_parameter_fails_before_any_work(tmp_path: Path, key: str, value: object, message: str) -> None:
     from conftest import write_params
@@ -332,11 +343,90 @@ def test_failed_run_leaves_the_previous_area_untouched(make_params, tmp_path: Pa
     assert sorted(p.name for p in raw.parent.iterdir()) == ["raw", "truth"]
 
 
-def test_more_probes_than_the_tile_holds_fails_before_any_work(make_params, tmp_path: Path) -> None:
-    params = make_params({"simulate.probes_per_region": {"denmark": 40, "finland": 1, "spain": 1, "sweden": 1},
-                          "simulate.tile_px": {"default": 12, "bench": 500}})
-    with pytest.raises(ConfigError, match=r"simulate\.probes_per_region\.denmark"):
-        from soilmoisture.simulate import run
+def test_probes_spread_over_the_network_extent_with_one_tile_and_patches(tiny_area: Path) -> None:
+    from soilmoisture.evaluate.realism import local_km
 
-        run(params)
-    assert not (tmp_path / "data").exists()
+    man = _manifest(tiny_area)
+    probes = pd.DataFrame(man["probes"])
+    for region, grp in probes.groupby("region"):
+        x, y = local_km(grp["lat"].to_numpy(), grp["lon"].to_numpy())
+        spread = max(np.ptp(x), np.ptp(y))
+        extent = REGION_SPECS[region].extent_km
+        assert spread > 0.1 * extent, (region, spread)         # kilometres apart, not one 640 m tile
+        assert grp["area"].iloc[0] == "tile"                    # the mapping tile is centred on the first probe
+    sweden = probes[probes["region"] == "sweden"]
+    x, y = local_km(sweden["lat"].to_numpy(), sweden["lon"].to_numpy())
+    assert np.hypot(np.ptp(x), np.ptp(y)) > 500                  # ICOS: Degero to Hyltemossa, real coordinates
+    stations = pd.read_csv(tiny_area / "data" / "raw" / "weather" / "stations.csv")
+    assert stations.groupby("region").size()["spain"] >= 3     # several stations per network
+
+
+def test_rain_30_km_apart_is_less_correlated_than_300_m_apart() -> None:
+    region = REGION_SPECS["spain"]
+    doy = (np.arange(730) % 365) + 1
+    xy = np.array([[0.0, 0.0], [0.3, 0.0], [30.0, 0.0]])
+    w = physics.weather(np.random.default_rng(3), region, doy, xy, np.full(3, region.elev_m), np.full(3, region.lat),
+                        np.full(3, region.t_mean_c), np.full(3, region.p_annual_mm))
+    r = np.corrcoef(w.precip_mm.T)
+    assert r[0, 1] > 0.9
+    assert r[0, 2] < r[0, 1] - 0.2
+    assert 0.15 < r[0, 2]                        # still one climate: synoptic rain is shared
+    assert (w.precip_mm[:, 0] != w.precip_mm[:, 2]).mean() > 0.1
+    annual = w.precip_mm.sum(axis=0) / 2
+    assert np.all((0.6 * region.p_annual_mm < annual) & (annual < 1.5 * region.p_annual_mm))
+    # temperature falls with elevation (lapse rate)
+    w2 = physics.weather(np.random.default_rng(3), region, doy, xy[:2], np.array([700.0, 900.0]),
+                         np.full(2, region.lat), np.full(2, region.t_mean_c), np.full(2, region.p_annual_mm))
+    assert (w2.ta_mean[:, 0] - w2.ta_mean[:, 1]).mean() == pytest.approx(1.3, abs=0.1)
+
+
+def test_hollows_are_wetter_than_ridges_on_the_same_day() -> None:
+    region = REGION_SPECS["spain"]
+    doy = (np.arange(365) % 365) + 1
+    w = physics.weather(np.random.default_rng(5), region, doy, np.zeros((1, 2)), np.full(1, region.elev_m),
+                        np.full(1, region.lat), np.full(1, region.t_mean_c), np.full(1, region.p_annual_mm))
+    n = 3
+    wet = np.array([2.0, 0.0, -2.0])            # hollow, flat, ridge; same soil, same weather
+    sand, clay, oc = np.full(n, 60.0), np.full(n, 15.0), np.full(n, 1.0)
+    phi, res, ks, b = landscape.hydraulics(sand, clay, oc, np.full(n, 211))
+    theta = physics.water_balance(w, np.zeros(n, int), np.zeros((365, n), bool), np.full((365, n), 0.3), phi, res,
+                                  ks, b, np.zeros(n, bool), np.zeros(n, bool), wet, np.zeros((365, n)))
+    # (equal only when both have dried to the air-dry water content of the soil)
+    assert (theta[:, 0] >= theta[:, 1] - 1e-4).mean() > 0.95 and (theta[:, 1] >= theta[:, 2] - 1e-4).mean() > 0.95
+    assert (theta[:, 0] - theta[:, 2]).mean() > 0.02
+    # The terrain's wetness term is positive in hollows: below the surrounding mean elevation.
+    ter = landscape.terrain(np.random.default_rng(0), region)
+    x, y = np.meshgrid(np.arange(0, 4000, 20.0), np.arange(0, 4000, 20.0))
+    tpi = sum(sd * f.highpass(x, y, landscape.TPI_RADIUS_M) for sd, f in ter.parts)   # above the local mean
+    assert np.corrcoef(tpi, ter.wetness(x, y))[0, 1] < -0.7
+
+
+def test_speckle_is_spatially_correlated_at_the_stated_looks() -> None:
+    from soilmoisture.simulate.generate import SPECKLE_CORR_PX, SPECKLE_LOOKS
+
+    s = physics.speckle(np.random.default_rng(1), (200, 32, 32), SPECKLE_LOOKS, SPECKLE_CORR_PX)
+    assert s.mean() == pytest.approx(1.0, abs=0.01)
+    assert s.mean() ** 2 / s.var() == pytest.approx(SPECKLE_LOOKS, rel=0.1)      # equivalent number of looks
+    lag = {k: np.corrcoef(s[:, :, :-k].ravel(), s[:, :, k:].ravel())[0, 1] for k in (1, 3, 10)}
+    assert lag[1] > 0.5 and lag[3] > 0.1 and abs(lag[10]) < 0.05
+    # averaging a 7 x 7 window gains fewer looks than 49 independent pixels would
+    m = s[:, :28, :28].reshape(200, 4, 7, 4, 7).mean(axis=(2, 4))
+    assert 2 * SPECKLE_LOOKS < m.mean() ** 2 / m.var() < 49 * SPECKLE_LOOKS / 2
+
+
+def test_scene_files_are_clipped_to_the_network_and_read_back_at_every_probe(tiny_area: Path) -> None:
+    """A clipped scene stores only the patch blocks; every probe's pixel reads back from the tile or its clip."""
+    import rasterio
+
+    man = _manifest(tiny_area)
+    raw = tiny_area / "data" / "raw"
+    for p in man["probes"]:
+        region = p["region"]
+        folder = raw / "sentinel1" / region
+        path = sorted(folder.glob("S1*.tif") if p["area"] == "tile" else (folder / p["area"]).glob("S1*.tif"))[0]
+        with rasterio.open(path) as ds:
+            v = ds.read(window=((p["row"] - 2, p["row"] + 3), (p["col"] - 2, p["col"] + 3)))
+            assert np.isfinite(v).all() and (v[2] > 20).all()    # a 5 x 5 window of data around the probe
+            if p["area"] != "tile" and region in ("spain", "denmark"):   # two patches kilometres apart
+                assert ds.width * ds.height > 50 * 64 * 64     # the network's bounding box ...
+                assert path.stat().st_size < ds.width * ds.height  # ... stored sparsely

@@ -437,3 +437,94 @@ def test_large_rasters_are_sampled_per_probe_window(tmp_path):
     for probe, (r, c) in PIXELS.items():
         assert s1.loc[probe, "sigma0_vv"] == pytest.approx(float(data[0, r, c]))
         assert s1.loc[probe, "incidence_angle_deg"] == pytest.approx(float(data[2, r, c]))
+
+
+def _window_transform(probe: str, half: int = 2):
+    """Transform of a (2 half + 1)-px window of the tile grid centred on ``probe``'s pixel."""
+    from rasterio.transform import from_origin
+
+    r, c = PIXELS[probe]
+    t = tile_transform()
+    return from_origin(t.c + (c - half) * PX, t.f - (r - half) * PX, PX, PX)
+
+
+def test_a_scene_covering_only_some_probes_gives_the_others_nan_counted(tmp_path):
+    """Issue 24 item 8: a scene clipped around one probe does not stop ingest; the others get NaN that day."""
+    from soilmoisture.sources.sentinel1 import read_sentinel1
+
+    full = np.stack([np.full((N, N), 0.05, "float32"), np.full((N, N), 0.01, "float32"), np.full((N, N), 38.0, "float32")])
+    write_tif(tmp_path / "S1A_IW_GRDH_1SDV_20170103T062000_DSC.tif", full, "float32", nodata=float("nan"),
+              tags={"ACQUISITION_TIME": "2017-01-03T06:20:00", "UNITS": "linear"})
+    part = np.stack([np.full((5, 5), 0.12, "float32"), np.full((5, 5), 0.02, "float32"), np.full((5, 5), 36.0, "float32")])
+    (tmp_path / "network").mkdir()
+    write_tif(tmp_path / "network" / "S1B_IW_GRDH_1SDV_20170109T062000_DSC.tif", part, "float32", nodata=float("nan"),
+              tags={"ACQUISITION_TIME": "2017-01-09T06:20:00", "UNITS": "linear"}, transform=_window_transform("Canizal"))
+    s1 = read_sentinel1(tmp_path, probe_frame(), "linear")
+    v = s1.set_index(["probe_id", "date"])["sigma0_vv"]
+    assert v[("Canizal", pd.Timestamp("2017-01-09"))] == pytest.approx(0.12)
+    assert np.isnan(v[("Carretoro", pd.Timestamp("2017-01-09"))]) and np.isnan(v[("Empty", pd.Timestamp("2017-01-09"))])
+    assert v[("Carretoro", pd.Timestamp("2017-01-03"))] == pytest.approx(0.05)
+    assert s1.attrs["not_covered"] == {"Carretoro": 1, "Empty": 1}
+
+
+def test_a_scene_whose_covered_pixels_are_all_nodata_covers_no_probe_and_is_refused(tmp_path):
+    from soilmoisture.sources.sentinel1 import read_sentinel1
+
+    data = np.full((3, N, N), np.nan, dtype="float32")           # a sparse clip without a patch at any probe
+    data[:, 0, 0] = 0.1
+    write_tif(tmp_path / "S1A_IW_GRDH_1SDV_20170103T062000_DSC.tif", data, "float32", nodata=float("nan"),
+              tags={"ACQUISITION_TIME": "2017-01-03T06:20:00", "UNITS": "linear"})
+    with pytest.raises(DataError, match=r"S1A_IW_GRDH_1SDV_20170103T062000_DSC\.tif.*covers none of the probes"):
+        read_sentinel1(tmp_path, probe_frame(), "linear")
+
+
+def test_one_corner_reflector_in_a_scene_clipped_around_one_probe_is_not_taken_for_db(tmp_path):
+    from soilmoisture.sources.sentinel1 import read_sentinel1
+
+    part = np.stack([np.full((7, 7), 0.1, "float32"), np.full((7, 7), 0.02, "float32"), np.full((7, 7), 36.0, "float32")])
+    part[0, 3, 3] = 25.0                                          # bright target exactly at the probe pixel
+    write_tif(tmp_path / "S1A_IW_GRDH_1SDV_20170103T062000_DSC.tif", part, "float32", nodata=float("nan"),
+              tags={"ACQUISITION_TIME": "2017-01-03T06:20:00", "UNITS": "linear"},
+              transform=_window_transform("Canizal", 3))
+    s1 = read_sentinel1(tmp_path, probe_frame(), "linear").set_index("probe_id")
+    assert s1.loc["Canizal", "sigma0_vv"] == pytest.approx(25.0)   # kept for the outlier rule in harmonise
+
+
+# SoilGrids 2.0 as ISRIC serves it: Interrupted Goode Homolosine, 250 m, int16 mapped units (g/kg, dg/kg).
+IGH = "+proj=igh +lat_0=0 +lon_0=0 +datum=WGS84 +units=m +no_defs"
+
+
+def write_soilgrids_clip(folder: Path, values: dict[str, int], crs: str = IGH) -> None:
+    """Files named and encoded like a gdal_translate clip of the SoilGrids WebDAV VRTs around the tiny tile."""
+    from rasterio.transform import from_origin
+    from rasterio.warp import transform
+
+    (x,), (y,) = transform("EPSG:4326", crs, [-5.4], [41.3])
+    res = 250.0 if crs == IGH else 0.002
+    t = from_origin(x - 4 * res, y + 4 * res, res, res)
+    for prop, v in values.items():
+        write_tif(folder / f"{prop}_0-5cm_mean.tif", np.full((8, 8), v, "int16"), "int16", nodata=-32768,
+                  transform=t, crs=crs)
+
+
+def test_soilgrids_rasters_in_mapped_units_give_percent_at_the_probes(tmp_path):
+    from soilmoisture.sources.soilgrids import read_soilgrids
+
+    write_soilgrids_clip(tmp_path, {"sand": 652, "silt": 218, "clay": 130, "soc": 95})
+    sg = read_soilgrids(tmp_path, probe_frame()).set_index("probe_id")
+    assert sg.loc["Canizal", "sand_pct"] == pytest.approx(65.2) and sg.loc["Carretoro", "clay_pct"] == pytest.approx(13.0)
+    assert sg.loc["Empty", "silt_pct"] == pytest.approx(21.8)
+    assert sg.loc["Canizal", "organic_carbon_pct"] == pytest.approx(0.95)      # 95 dg/kg = 9.5 g/kg = 0.95 %
+    # any CRS: the same values clipped in geographic coordinates
+    geo = tmp_path / "geo"
+    geo.mkdir()
+    write_soilgrids_clip(geo, {"sand": 652}, crs="EPSG:4326")
+    assert read_soilgrids(geo, probe_frame())["sand_pct"].tolist() == pytest.approx([65.2] * 3)
+
+
+def test_soilgrids_values_in_percent_instead_of_mapped_units_are_refused(tmp_path):
+    from soilmoisture.sources.soilgrids import read_soilgrids
+
+    write_soilgrids_clip(tmp_path, {"sand": 6520})
+    with pytest.raises(DataError, match=r"sand_0-5cm_mean\.tif \[sand\]: sand 6520 g/kg is outside 0-100 %"):
+        read_soilgrids(tmp_path, probe_frame())

@@ -77,6 +77,8 @@ class Simulate:
     pixel_m: float
     # days simulated past `end` whose S1/S2 scenes are held back for `soilmoisture deliver` (docs/retrain.md)
     hold_back_days: int = 0
+    # edge (px) of the patch simulated around every probe outside the mapping tile (docs/simulation.md)
+    patch_px: int = 32
 
     def _check(self, key: str) -> None:
         if _date(f"{key}.start", self.start) >= _date(f"{key}.end", self.end):
@@ -95,6 +97,9 @@ class Simulate:
                 raise ConfigError(f"{key}.tile_px.{size}", f"must be an integer in [8, 5000], got {px!r}")
         if not 1.0 <= self.pixel_m <= 1000.0:
             raise ConfigError(f"{key}.pixel_m", f"must be in [1, 1000] metres, got {self.pixel_m}")
+        if self.patch_px not in (16, 32, 64):
+            raise ConfigError(f"{key}.patch_px", f"must be 16, 32 or 64 (a divisor of the 64 px block of clipped "
+                                                 f"scenes), got {self.patch_px!r}")
 
     @property
     def tile(self) -> int:

@@ -329,7 +329,8 @@ def _run_jobs(jobs: list[tuple[str, Any, tuple]], workers: int) -> dict[str, Any
 
 
 def _n_files(folder: Path, pattern: str) -> int:
-    return sum(1 for _ in folder.glob(pattern)) if folder.is_dir() else 0
+    """Files matching ``pattern`` in ``folder`` and its area sub-folders."""
+    return sum(1 for _ in folder.glob(pattern)) + sum(1 for _ in folder.glob(f"*/{pattern}")) if folder.is_dir() else 0
 
 
 def expected_crs(raw: Path, region: str) -> tuple[str, str] | None:
@@ -388,7 +389,7 @@ def read_rasters(raw: Path, probes: pd.DataFrame, params: Params, workers: int |
     (``workers``; default: every core, at most 8, when there are >= 400 files, else 1).
     """
     from soilmoisture.sources import products as prod
-    from soilmoisture.sources import sentinel1, sentinel2, static, weather
+    from soilmoisture.sources import sentinel1, sentinel2, soilgrids, static, weather
 
     ing = params.ingest
     jobs: list[tuple[str, Any, tuple]] = []
@@ -404,6 +405,8 @@ def read_rasters(raw: Path, probes: pd.DataFrame, params: Params, workers: int |
                 n_files += _n_files(folder, "*.tif")
         if (raw / "static").is_dir():
             jobs.append((f"static/{region}", static.read_static, (raw / "static", region, grp)))
+        if (raw / "soilgrids" / region).is_dir():
+            jobs.append((f"soilgrids/{region}", soilgrids.read_soilgrids, (raw / "soilgrids" / region, grp)))
     ecv_dir = raw / "products" / "ecv_sm"
     ecv = prod.ecv_files(ecv_dir) if ecv_dir.is_dir() else []
     n_files += len(ecv)
@@ -430,7 +433,16 @@ def read_rasters(raw: Path, probes: pd.DataFrame, params: Params, workers: int |
         parts = [v for k, v in res.items() if k.split("/")[0] == kind and v is not None and not v.empty]
         return pd.concat(parts, ignore_index=True) if parts else None
 
-    out: dict[str, Any] = {"sigma0": cat("s1"), "vi": cat("s2"), "static": cat("static"), "products": []}
+    static_frame, soil = cat("static"), cat("soilgrids")
+    if soil is not None:   # SoilGrids texture replaces the texture of other static layers where it has a value
+        static_frame = soil if static_frame is None else _override(static_frame, soil)
+    coverage: dict[str, dict[str, int]] = {}
+    for k, v in res.items():
+        kind = {"s1": "sentinel1", "s2": "sentinel2"}.get(k.split("/")[0])
+        if kind and v is not None and v.attrs.get("not_covered"):
+            coverage.setdefault(kind, {}).update(v.attrs["not_covered"])
+    out: dict[str, Any] = {"sigma0": cat("s1"), "vi": cat("s2"), "static": static_frame, "products": [],
+                           "coverage": coverage}
     # Scenes whose probe pixels held impossible sigma0/incidence (masked by the reader), for the report.
     out["sigma0_impossible"] = {f"{k.split('/', 1)[1]}/{name}": n for k, v in res.items()
                                 if k.startswith("s1/") and v is not None
@@ -449,6 +461,15 @@ def read_rasters(raw: Path, probes: pd.DataFrame, params: Params, workers: int |
             parts.append(d)
         out["weather"] = pd.concat(parts, ignore_index=True) if parts else None
     return out
+
+
+def _override(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``base`` (probe_id + columns) with ``new``'s non-NaN values replacing or adding columns."""
+    b = base.set_index("probe_id")
+    n = new.set_index("probe_id").reindex(b.index)
+    for c in n.columns:
+        b[c] = n[c].where(n[c].notna(), b[c]) if c in b else n[c]
+    return b.reset_index()
 
 
 def _read_simulated(raw: Path, params: Params, report: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
@@ -504,6 +525,11 @@ def build(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
             extra = read_rasters(raw, probes, params)
     masked = extra.get("sigma0_impossible") or {}
     report["sigma0_impossible_masked"] = {"probe_pixels": int(sum(masked.values())), "scenes": masked}
+    # Scenes that cover only some probes (issue 24 item 8): those probe-days have no value from them.
+    cov = extra.get("coverage") or {}
+    report["scenes_not_covering_probes"] = {
+        kind: {"probe_days": int(sum(v.values())), "by_probe": dict(sorted(v.items()))}
+        for kind, v in sorted(cov.items())}
     ing, q = params.ingest, params.quality
     daily, probe_table = harmonise_frames(
         probes, params.data.dates, in_situ,

@@ -23,7 +23,7 @@ from soilmoisture.simulate.writers import scene_day
 log = logging.getLogger(__name__)
 
 HELD_BACK = "held_back"                       # under paths.truth
-SCENE_DIRS = ("sentinel1", "sentinel2")       # raw layout: <dir>/<region>/<scene>.tif (docs/raw-layout.md)
+SCENE_DIRS = ("sentinel1", "sentinel2")       # raw layout: <dir>/<region>/[<area>/]<scene>.tif (docs/raw-layout.md)
 PART_SUFFIX = ".part"                         # a file still being written (renamed when complete)
 REJECTED = "rejected"                         # under paths.landing: batches the gate refused
 
@@ -37,9 +37,10 @@ def scene_date(name: str) -> dt.date | None:
 
 
 def scene_files(root: Path) -> list[Path]:
-    """Scene files (any name) at ``root/sentinel{1,2}/<region>/``, sorted; other folders are ignored."""
+    """Scene files (any name) at ``root/sentinel{1,2}/<region>/`` and in its area sub-folders
+    (``<region>/<area>/``), sorted; other folders are ignored."""
     root = Path(root)
-    return sorted(p for d in SCENE_DIRS for p in root.glob(f"{d}/*/*") if p.is_file())
+    return sorted(p for d in SCENE_DIRS for pat in (f"{d}/*/*", f"{d}/*/*/*") for p in root.glob(pat) if p.is_file())
 
 
 def latest_scene_date(*roots: Path) -> dt.date | None:

@@ -88,6 +88,17 @@ class Region:
     probe_sensor: str
     icos: bool = False            # probes written as ICOS half-hourly CSV instead of ISMN
     probes: list[tuple[str, int]] = field(default_factory=list)
+    # --- network geometry and spatial variability (issue 18: network scale) ---------------------------
+    extent_km: float = 30.0       # probes are scattered over a square of this edge around (lat, lon)
+    min_sep_km: float = 1.0       # smallest distance between two probes
+    stations: tuple[tuple[str, float, float], ...] = ()   # extra weather stations: (name, east km, north km)
+    rain_l_summer_km: float = 10.0   # correlation length of the daily rain field, convective season
+    rain_l_winter_km: float = 35.0   # ... frontal season
+    sand_sd_pct: float = 12.0     # field-to-field SD of sand content (regional field + parcel offsets)
+    clay_sd_pct: float = 6.0
+    # fixed probe sites (ICOS: real, far-apart coordinates, each with its own climate):
+    # name -> (lat, lon, mean annual air temperature degC, annual precipitation mm)
+    sites: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
 
     @property
     def s1_revisit_days(self) -> float:
@@ -101,25 +112,41 @@ REGION_SPECS: dict[str, Region] = {
                       60.0, 12.0, 78.0, 6.0, 1.8, 35.0,
                       {211: 0.42, 242: 0.07, 243: 0.07, 312: 0.17, 322: 0.08, 331: 0.03, 321: 0.04, 412: 0.02,
                        512: 0.04, 112: 0.06}, 3, "170900", "053600", "32VNH", "104021", 2, 0.62, None,
-                      "Voulund", True, "Decagon-5TE", probes=[(n, _CLC[lc]) for n, lc in _B1["denmark"]]),
+                      "Voulund", True, "Decagon-5TE", probes=[(n, _CLC[lc]) for n, lc in _B1["denmark"]],
+                      # HOBE: the Skjern catchment, ~50 km across (2,500 km2), flat sandy outwash and moraine
+                      extent_km=50.0, min_sep_km=2.0, stations=(("Borris", -14.0, -8.0), ("Gludsted", 12.0, 9.0),
+                                                                ("Skjern", -20.0, 6.0)),
+                      rain_l_summer_km=12.0, rain_l_winter_km=45.0, sand_sd_pct=9.0, clay_sd_pct=2.5),
     # Subarctic, < 600 mm, -0.6 degC; forest on sandy till and peat bogs.
     "finland": Region("finland", "FMI", 32635, 67.37, 26.63, "Dfc", -0.6, 13.5, 3.5, 8.0, 540.0, 0.48, -0.05,
                       185.0, 6.0, 72.0, 5.0, 4.0, 20.0,
                       {312: 0.56, 412: 0.20, 322: 0.06, 331: 0.04, 321: 0.04, 512: 0.05, 112: 0.05},
                       4, "160500", "043500", "35WMQ", "100031", 0, 0.68, (326, 20),
-                      "Sodankyla", False, "Decagon-5TE", probes=[(n, _CLC[lc]) for n, lc in _B1["finland"]]),
+                      "Sodankyla", False, "Decagon-5TE", probes=[(n, _CLC[lc]) for n, lc in _B1["finland"]],
+                      # FMI Sodankyla: probes a few hundred metres to ~12 km apart around the observatory
+                      extent_km=12.0, min_sep_km=0.4, stations=(("Kersilo", 5.0, -4.0),),
+                      rain_l_summer_km=10.0, rain_l_winter_km=40.0, sand_sd_pct=10.0, clay_sd_pct=2.0),
     # Cold semi-arid, < 400 mm, 10-12.5 degC; wet winters, dry summers; 650-900 m a.s.l.
     "spain": Region("spain", "REMEDHUS", 32630, 41.31, -5.41, "BSk", 11.5, 8.5, 2.0, 13.0, 385.0, 0.22, 0.10,
-                    770.0, 20.0, 68.0, 14.0, 0.8, 60.0,
+                    770.0, 28.0, 68.0, 14.0, 0.8, 60.0,
                     {211: 0.48, 212: 0.12, 221: 0.10, 242: 0.05, 243: 0.05, 321: 0.09, 312: 0.04, 512: 0.02,
                      112: 0.05}, 2, "181800", "062700", "30TTL", "110421", 1, 0.30, None,
-                    "Villamor", False, "Stevens-Hydra-Probe", probes=[(n, _CLC[lc]) for n, lc in _B1["spain"]]),
+                    "Villamor", False, "Stevens-Hydra-Probe", probes=[(n, _CLC[lc]) for n, lc in _B1["spain"]],
+                    # REMEDHUS: 20 stations over ~35 x 35 km (1,300 km2) of the Duero basin; soils from sand to
+                    # clay loam (Sanchez et al. 2012), so probe levels differ by ~0.2 m3/m3
+                    extent_km=35.0, min_sep_km=2.5, stations=(("Toro", 12.0, 10.0), ("Fuentesauco", -8.0, -12.0)),
+                    rain_l_summer_km=8.0, rain_l_winter_km=30.0, sand_sd_pct=20.0, clay_sd_pct=10.0),
     # Humid continental to subarctic (ICOS sites south to north), 500-900 mm.
     "sweden": Region("sweden", "ICOS", 32633, 60.09, 17.48, "Dfb", 5.5, 10.0, 3.0, 7.5, 620.0, 0.47, 0.03,
                      40.0, 7.0, 45.0, 18.0, 3.0, 45.0,
                      {312: 0.46, 412: 0.15, 211: 0.20, 322: 0.04, 321: 0.04, 512: 0.05, 112: 0.06},
                      3, "163400", "050300", "33VXG", "102021", 3, 0.58, None,
-                     "Uppsala", True, "ThetaProbe-ML2", icos=True, probes=[(n, _CLC[lc]) for n, lc in _B1["sweden"]]),
+                     "Uppsala", True, "ThetaProbe-ML2", icos=True, probes=[(n, _CLC[lc]) for n, lc in _B1["sweden"]],
+                     # ICOS Sweden: ecosystem stations hundreds of km apart, each with its own weather (SMHI normals)
+                     extent_km=900.0, min_sep_km=5.0, sand_sd_pct=12.0, clay_sd_pct=5.0,
+                     sites={"Degero": (64.182, 19.557, 1.2, 523.0), "Hyltemossa": (56.098, 13.419, 7.4, 707.0),
+                            "Lanna": (58.341, 13.102, 6.6, 570.0), "Norunda": (60.086, 17.479, 5.5, 527.0),
+                            "Site-01": (64.256, 19.775, 1.8, 614.0)}),
 }
 
 

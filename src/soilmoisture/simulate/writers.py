@@ -135,6 +135,71 @@ def write_tif(path: Path, data: np.ndarray, crs: Any, transform: Any, nodata: fl
             ds.update_tags(**tags)
 
 
+SPARSE_BLOCK = 64   # block edge of clipped scenes: only blocks holding a patch are stored (GDAL SPARSE_OK)
+
+
+def write_sparse_tif(path: Path, shape: tuple[int, int], patches: list[tuple[int, int, np.ndarray]], crs: Any,
+                     transform: Any, nodata: float | int, descriptions: list[str] | None = None,
+                     tags: dict[str, str] | None = None, predictor: int = 1) -> None:
+    """A tiled, deflate-compressed GeoTIFF of ``shape`` (rows, cols) that stores only the blocks touched by
+    ``patches`` [(row0, col0, (bands, h, w) array)]; every other pixel reads as ``nodata`` (a scene clipped to a
+    network's bounding box where only the patches around the probes were simulated). Blocks are written in a
+    fixed order, so the bytes are reproducible."""
+    import rasterio
+    from rasterio.windows import Window
+
+    B = SPARSE_BLOCK
+    h, w = shape
+    bands, dtype = patches[0][2].shape[0], patches[0][2].dtype
+    blocks: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
+    for r0, c0, a in patches:
+        for br in range(r0 // B, (r0 + a.shape[1] - 1) // B + 1):
+            for bc in range(c0 // B, (c0 + a.shape[2] - 1) // B + 1):
+                blocks.setdefault((br, bc), []).append((r0, c0, a))
+    opts: dict[str, Any] = {"compress": "deflate", "zlevel": 1, "predictor": predictor, "tiled": True,
+                            "blockxsize": B, "blockysize": B, "sparse_ok": True}
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=bands, dtype=dtype, crs=crs,
+                       transform=transform, nodata=nodata, **opts) as ds:
+        for (br, bc) in sorted(blocks):
+            y0, x0 = br * B, bc * B
+            bh, bw = min(B, h - y0), min(B, w - x0)
+            buf = np.full((bands, bh, bw), nodata, dtype=dtype)
+            for r0, c0, a in blocks[(br, bc)]:
+                ys, xs = max(r0, y0), max(c0, x0)
+                ye, xe = min(r0 + a.shape[1], y0 + bh), min(c0 + a.shape[2], x0 + bw)
+                buf[:, ys - y0:ye - y0, xs - x0:xe - x0] = a[:, ys - r0:ye - r0, xs - c0:xe - c0]
+            ds.write(buf, window=Window(x0, y0, bw, bh))
+        for i, d in enumerate(descriptions or [], start=1):
+            ds.set_band_description(i, d)
+        if tags:
+            ds.update_tags(**tags)
+
+
+# SoilGrids 2.0 (ISRIC): one GeoTIFF per property, depth and statistic, e.g. sand_0-5cm_mean.tif, on the 250 m
+# Interrupted Goode Homolosine grid, int16 in "mapped units" (nodata -32768).
+SOILGRIDS_CRS = "+proj=igh +lat_0=0 +lon_0=0 +datum=WGS84 +units=m +no_defs"
+SOILGRIDS_RES_M = 250.0
+SOILGRIDS_NODATA = -32768
+# property -> (mapped unit, divisor from mapped units to %); SoilGrids' own conversion factor is 10 for all four
+# (sand/silt/clay g/kg -> %, soc dg/kg -> g/kg)
+SOILGRIDS_UNITS = {"sand": ("g/kg", 10.0), "silt": ("g/kg", 10.0), "clay": ("g/kg", 10.0), "soc": ("dg/kg", 100.0)}
+
+
+def soilgrids_name(prop: str, depth: str = "0-5cm", stat: str = "mean") -> str:
+    return f"{prop}_{depth}_{stat}.tif"
+
+
+def write_soilgrids(path: Path, values_pct: np.ndarray, prop: str, transform: Any) -> None:
+    """One SoilGrids-like property raster from values in % (sand/silt/clay by mass, soc as % organic carbon)."""
+    from rasterio.crs import CRS
+
+    unit, factor = SOILGRIDS_UNITS[prop]
+    v = np.where(np.isfinite(values_pct), np.round(values_pct * factor), SOILGRIDS_NODATA).astype(np.int16)
+    write_tif(path, v[None], CRS.from_string(SOILGRIDS_CRS), transform, nodata=SOILGRIDS_NODATA,
+              descriptions=[path.stem], tags={"UNITS": unit, "CONVERSION_FACTOR": "10",
+                                              "SOURCE": "SoilGrids 2.0 layout (simulated)"})
+
+
 def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

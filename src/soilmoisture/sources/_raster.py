@@ -45,6 +45,61 @@ def probe_pixels(src: Any, probes: pd.DataFrame, path: Path) -> tuple[np.ndarray
     return rows, cols
 
 
+def covered_pixels(src: Any, probes: pd.DataFrame, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row/column of each probe in ``src`` and whether it lies inside the raster's extent (no error for probes
+    outside: a scene clipped to part of a region covers only some of its probes)."""
+    if src.crs is None:
+        raise DataError(path, "raster has no CRS; cannot locate the probes")
+    rows, cols = _pixels(src.crs.to_string(), tuple(src.transform)[:6],
+                         tuple(probes["lon"].to_numpy(float)), tuple(probes["lat"].to_numpy(float)))
+    inside = (rows >= 0) & (rows < src.height) & (cols >= 0) & (cols < src.width)
+    return rows, cols, inside
+
+
+def sample_covered(src: Any, probes: pd.DataFrame, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Values of every band at the probe pixels the raster covers: ((n_probes, bands) float64 with NaN for nodata
+    and for probes outside the extent, covered (n_probes,) bool = inside and at least one band not nodata).
+
+    Inside probes are read as 1 x 1 windows (a scene clipped to a whole network is mostly empty, sparse blocks),
+    or with one read of everything for small rasters.
+    """
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    rows, cols, inside = covered_pixels(src, probes, path)
+    values = np.full((len(rows), src.count), np.nan, dtype="float64")
+    try:
+        if src.width * src.height <= 256 * 256:
+            data = src.read()
+            values[inside] = data[:, rows[inside], cols[inside]].T
+        else:
+            for i in np.flatnonzero(inside):
+                values[i] = src.read(window=Window(int(cols[i]), int(rows[i]), 1, 1))[:, 0, 0]
+    except (RasterioError, OSError) as e:
+        raise DataError(path, f"cannot read raster data ({e}); the file may be truncated") from None
+    for b, nd in enumerate(src.nodatavals):
+        if nd is not None and not np.isnan(nd):
+            values[:, b][values[:, b] == nd] = np.nan
+    return values, inside & np.isfinite(values).any(axis=1)
+
+
+def no_probe_error(src: Any, probes: pd.DataFrame, path: Path) -> DataError:
+    """The error for a raster that covers none of the probes (named, with its extent and CRS)."""
+    ids = probes["probe_id"].astype(str).to_numpy()
+    return DataError(path, f"raster extent {tuple(src.bounds)} (CRS {src.crs}) does not contain probe(s) "
+                           f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}: it covers none of the probes "
+                           "(a scene must cover at least one; probes it does not cover get no value from it)")
+
+
+def clip_files(folder: Path, pattern: str, name_re: Any) -> list[Path]:
+    """Scene files of a region folder and of its clipped areas (one level of sub-folders, docs/raw-layout.md),
+    sorted by name, then by folder."""
+    folder = Path(folder)
+    files = [p for p in folder.glob(pattern) if name_re.match(p.name)]
+    files += [p for p in folder.glob(f"*/{pattern}") if name_re.match(p.name)]
+    return sorted(files, key=lambda p: (p.name, str(p.parent)))
+
+
 @functools.lru_cache(maxsize=64)
 def _pixels(crs_wkt: str, affine: tuple, lons: tuple, lats: tuple) -> tuple[np.ndarray, np.ndarray]:
     from affine import Affine

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from soilmoisture.errors import DataError
-from soilmoisture.sources._raster import open_raster, raster_env, sample
+from soilmoisture.sources._raster import clip_files, open_raster, raster_env, sample_covered
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ ECV_RE = re.compile(r"^ESACCI-SOILMOISTURE-L3S-SSMV-COMBINED-(\d{8})000000-fv[\d
 ECV_VARIABLES = {"sm": "m3/m3", "flag": "0 = no flag (kept); anything else dropped"}
 ECV_NODATA = -9999.0
 ECV_CRS = "EPSG:4326 (0.25 deg grid, no CRS in the file)"
-CSM_PATTERN = "products/csm/<region>/CSM_SSM1km_<YYYYmmdd>.tif"
+CSM_PATTERN = "products/csm/<region>/[<area>/]CSM_SSM1km_<YYYYmmdd>.tif"
 CSM_RE = re.compile(r"^CSM_SSM1km_(\d{8})\.tif$")
 CSM_BANDS = {1: "csm"}
 CSM_UNITS = "m3/m3"
@@ -95,19 +95,22 @@ def read_ecv_list(files: list[Path], probes: pd.DataFrame, strict: bool = False)
 
 
 def read_csm(folder: Path, probes: pd.DataFrame) -> pd.DataFrame:
-    """Every CSM raster in one region folder -> ``probe_id, date, csm`` (m3/m3)."""
+    """Every CSM raster in one region folder and its area sub-folders -> ``probe_id, date, csm`` (m3/m3).
+
+    A raster covers the probes inside its extent (the product is for evaluation: probes it does not cover get
+    NaN); rasters of the same day (areas) are combined."""
     ids = probes["probe_id"].to_numpy()
     dates, values = [], []
     with raster_env():
-        for path in sorted(Path(folder).glob("CSM_SSM1km_*.tif")):
+        for path in clip_files(folder, "CSM_SSM1km_*.tif", CSM_RE):
             m = CSM_RE.match(path.name)
-            if not m:
-                continue
             with open_raster(path) as src:
-                values.append(sample(src, probes, path)[:, 0])
-            dates.append(pd.to_datetime(m.group(1), format=DATE_FORMAT))
+                v, covered = sample_covered(src, probes, path)
+            values.append(np.where(covered, v[:, 0], np.nan))
+            dates.append(pd.to_datetime(m.group(1), format=DATE_FORMAT))  # type: ignore[union-attr]
     if not dates:
         return pd.DataFrame(columns=["probe_id", "date", "csm"])
-    return pd.DataFrame({"probe_id": np.tile(ids, len(dates)),
-                         "date": np.repeat(np.array(dates, dtype="datetime64[ns]"), len(ids)),
-                         "csm": np.concatenate(values)})
+    out = pd.DataFrame({"probe_id": np.tile(ids, len(dates)),
+                        "date": np.repeat(np.array(dates, dtype="datetime64[ns]"), len(ids)),
+                        "csm": np.concatenate(values)})
+    return out.groupby(["probe_id", "date"], as_index=False, sort=False).mean()

@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 
 from soilmoisture.errors import DataError
-from soilmoisture.sources._raster import open_raster, raster_env, sample
+from soilmoisture.sources._raster import clip_files, no_probe_error, open_raster, raster_env, sample_covered
 
 log = logging.getLogger(__name__)
 
 # --- declaration ------------------------------------------------------------------------------
-FILE_PATTERN = "sentinel2/<region>/S2<A|B>_MSIL2A_<YYYYmmddTHHMMSS>_<TILE>.tif"
+FILE_PATTERN = "sentinel2/<region>/[<area>/]S2<A|B>_MSIL2A_<YYYYmmddTHHMMSS>_<TILE>.tif"
 NAME_RE = re.compile(r"^S2[AB]_MSIL2A_(\d{8}T\d{6})_[^.]+\.tif$")
 DATE_FORMAT = "%Y%m%dT%H%M%S"
 BANDS = {1: "B04", 2: "B8A", 3: "B12", 4: "CLD", 5: "SNW"}
@@ -30,8 +30,13 @@ NODATA = 0
 
 
 def scene_files(folder: Path) -> list[Path]:
-    """Sentinel-2 scenes in one region folder, sorted by name (date)."""
+    """Sentinel-2 scenes in one region folder (the region's own grid, e.g. its mapping tile), sorted by name (date)."""
     return sorted(p for p in Path(folder).glob("S2*.tif") if NAME_RE.match(p.name))
+
+
+def all_scene_files(folder: Path) -> list[Path]:
+    """The region folder's scenes and those clipped to its areas (``<folder>/<area>/``), sorted by name."""
+    return clip_files(folder, "S2*.tif", NAME_RE)
 
 
 def _band_index(src: object, path: Path) -> dict[str, int]:
@@ -71,23 +76,29 @@ def indices(b04: np.ndarray, b8a: np.ndarray, b12: np.ndarray, cld: np.ndarray, 
 
 
 def read_sentinel2(folder: Path, probes: pd.DataFrame, mask_probability: float = 90.0) -> pd.DataFrame:
-    """Every scene in ``folder`` sampled at the probes -> ``probe_id, date, ndvi, ndwi`` (observations only)."""
-    files = scene_files(folder)
+    """Every scene in ``folder`` and its area sub-folders sampled at the probes -> ``probe_id, date, ndvi, ndwi``
+    (observations only). A scene covering only some probes gives the others nothing that day; one covering none
+    of them is refused."""
+    files = all_scene_files(folder)
     ids = probes["probe_id"].to_numpy()
     dates, ndvis, ndwis = [], [], []
+    seen: dict[pd.Timestamp, np.ndarray] = {}
     with raster_env():
         for path in files:
             with open_raster(path) as src:
                 idx = _band_index(src, path)
                 date = _date(src, path)
-                vals = sample(src, probes, path)
+                vals, covered = sample_covered(src, probes, path)
+                if not covered.any():
+                    raise no_probe_error(src, probes, path)
                 nodata = src.nodata
             refl = {b: vals[:, idx[b]] for b in ("B04", "B8A", "B12")}
             prob = {b: vals[:, idx[b]] for b in ("CLD", "SNW")}
             if nodata is not None and not np.isnan(nodata):
                 # nodata 0 is meant for the reflectances; a probability of 0 % is valid, restore it.
-                prob = {b: np.where(np.isnan(v), float(nodata), v) for b, v in prob.items()}
+                prob = {b: np.where(np.isnan(v) & covered, float(nodata), v) for b, v in prob.items()}
             ndvi, ndwi = indices(refl["B04"], refl["B8A"], refl["B12"], prob["CLD"], prob["SNW"], mask_probability)
+            seen[date] = seen.get(date, np.zeros(len(ids), bool)) | covered
             dates.append(date)
             ndvis.append(ndvi)
             ndwis.append(ndwi)
@@ -100,7 +111,9 @@ def read_sentinel2(folder: Path, probes: pd.DataFrame, mask_probability: float =
     out = out.dropna(subset=["ndvi", "ndwi"], how="all")
     # Two tiles/scenes on one day: mean of the unmasked values.
     out = out.groupby(["probe_id", "date"], as_index=False).mean(numeric_only=True)
-    log.info("Sentinel-2 %s: %d scenes, %d probes", folder, len(files), len(probes))
+    missing = np.sum([~c for c in seen.values()], axis=0)
+    out.attrs["not_covered"] = {str(p): int(n) for p, n in zip(ids, missing) if n}
+    log.info("Sentinel-2 %s: %d scene files, %d probes", folder, len(files), len(probes))
     return out
 
 
