@@ -259,9 +259,10 @@ def test_simulated_area_matches_what_the_simulator_wrote(simulated, tiny_area):
     assert report["probes"] + len(report["probes_excluded"]) == len(truth["probe_id"].unique())
     assert len(daily) == report["probes"] * len(params.data.dates)
     d = daily.set_index(["probe_id", "date"])
-    # SSM: the probe reads the truth with sensor noise (simulator: total sd 0.02-0.05 m3/m3)
+    # SSM: the probe reads the truth through its installation/calibration (gain, bias) with sensor noise
     m = daily.merge(truth, on=["probe_id", "date"]).dropna(subset=["ssm"])
-    assert (m["ssm"] - m["ssm_true"]).abs().median() < 0.05
+    assert (m["ssm"] - m["ssm_true"]).abs().median() < 0.1
+    assert m.groupby("probe_id").apply(lambda g: g["ssm"].corr(g["ssm_true"])).median() > 0.85
     assert not m["frozen_x"].any() or m.loc[m["frozen_x"], "ssm"].isna().all()
     for region in ("spain", "denmark"):
         p = probes[probes["region"] == region].iloc[0]
@@ -352,7 +353,7 @@ def test_a_scene_covering_part_of_the_probes_is_ingested_and_counted_in_the_repo
     report = json.loads((out / "ingest_report.json").read_text())
     assert report["scenes_not_covering_probes"]["sentinel1"]["by_probe"] == {"Canizal": 1, "Empty": 1}
     daily = pd.read_parquet(out / "daily.parquet").set_index(["probe_id", "date"])
-    assert daily.loc[("Carretoro", pd.Timestamp("2017-01-15")), "sigma0_vv"] == pytest.approx(0.05)
+    assert daily.loc[("Carretoro", pd.Timestamp("2017-01-15")), "sigma0_vv"] == pytest.approx(0.20)
     assert np.isnan(daily.loc[("Canizal", pd.Timestamp("2017-01-15")), "sigma0_vv"])
 
 
