@@ -233,3 +233,21 @@ def test_default_threads_follow_the_affinity_mask(monkeypatch):
     monkeypatch.setenv(native_engine.ENV_THREADS, "zero")
     with pytest.raises(ConfigError, match=native_engine.ENV_THREADS):
         native_engine.default_threads()
+
+
+def test_training_epoch_by_epoch_equals_training_in_one_go(base_hp):
+    # Per-epoch control (e.g. pruning a tuning trial): optimizer state, step count and order carry over.
+    hp = _hp(base_hp, dropout=0.1, clr_base_lr=1e-3, clr_max_lr=1e-2, clr_step_size=4)
+    req = _request(hp, 3, epochs=3, varied_splits=True)
+    whole = native_engine.fit_many(req)
+    training = native_engine.Training(req)
+    curves = []
+    for e in range(3):
+        training.advance(1)
+        part = training.result()
+        assert part.train_loss.shape == (3, e + 1)
+        curves.append(part.val_loss[:, -1])
+    np.testing.assert_array_equal(np.stack(curves, 1), whole.val_loss)
+    np.testing.assert_array_equal(part.train_loss, whole.train_loss)
+    assert _max_diff(part.weights, whole.weights) == 0.0
+    assert training.advance(1).result().train_loss.shape == (3, 3)      # no epoch beyond the request's

@@ -107,93 +107,134 @@ class _Progress:
             self.bar.close()
 
 
+class Training:
+    """The models of one request in training: ``advance(n)`` trains every model ``n`` more epochs (the same
+    as training them in one go: optimizer state, step count and series order carry over), ``result()``
+    gives the :class:`FitResult` of the epochs done so far. For per-epoch decisions (e.g. pruning a tuning
+    trial); :func:`fit_many` is ``Training(req).advance(epochs)``.
+    """
+
+    def __init__(self, req: FitRequest, *, threads: int | None = None,
+                 init: list[list[np.ndarray]] | None = None, progress: bool | None = None) -> None:
+        self.t0 = time.perf_counter()
+        jax_engine._validate(req)
+        self.req, hp = req, req.hp
+        self.x = np.ascontiguousarray(req.x, np.float32)
+        p, t, f = self.x.shape
+        _check(hp, f)
+        self.lib = native_build.load(hp.units)
+        self.epochs = int(req.epochs or hp.epochs)
+        m_total = req.n_models
+        if init is not None:
+            if len(init) != m_total:
+                raise ProtocolError(f"fit_many(init=...): need {m_total} weight lists, got {len(init)}")
+            for i, w in enumerate(init):
+                jax_engine._check_weights(w, f, hp, f"fit_many(init[{i}])")
+        self.y_val = np.ascontiguousarray(req.y, np.float32)
+        self.y_train = self.y_val if req.y_train is None else np.ascontiguousarray(req.y_train, np.float32)
+        self.mean = np.ascontiguousarray(req.mean, np.float32)
+        self.std = np.ascontiguousarray(req.std, np.float32)
+        self.hyper = np.ascontiguousarray(jax_engine._hyper(hp), np.float32)
+        self.like = init_weights(0, f, hp)
+        n_params = int(self.lib.sm_n_params(f, hp.layers))
+        if n_params != sum(w.size for w in self.like):
+            raise SoilMoistureError(f"native kernel parameter count {n_params} does not match the Keras layout")
+        self.threads = max(1, min(threads or default_threads(), m_total))
+        self.progress = progress
+        self.done = 0                                   # epochs trained so far
+        self.train_loss = np.full((m_total, self.epochs), np.nan, np.float32)
+        self.val_loss = np.full((m_total, self.epochs), np.nan, np.float32)
+        self.l2 = np.zeros((m_total, self.epochs), np.float32)
+        self.seconds = np.zeros(m_total)
+        b = hp.batch_size
+        self.state = []
+        for m in range(m_total):
+            tr = np.asarray(req.train_idx[m], np.int64)
+            steps = jax_engine._steps_per_epoch(len(tr), b)
+            order = np.zeros((self.epochs, steps * b), np.int32)
+            sw = np.zeros((self.epochs, steps * b), np.float32)
+            for e, pos in enumerate(epoch_orders(req.seeds[m], len(tr), self.epochs)):
+                order[e, :len(tr)] = tr[pos]
+                sw[e, :len(tr)] = 1.0
+            self.state.append({
+                "params": _flat(init[m] if init is not None else init_weights(req.seeds[m], f, hp)),
+                "mom": np.zeros(n_params, np.float32), "vel": np.zeros(n_params, np.float32),
+                "count": np.zeros(1, np.int32), "steps": steps, "order": order, "sw": sw,
+                "vidx": np.ascontiguousarray(np.asarray(req.val_idx[m], np.int32)),
+                "key": np.ascontiguousarray(jax_engine._dropout_key(req.seeds[m]))})
+
+    def _one(self, m: int, e0: int, n: int) -> None:
+        ts = time.perf_counter()
+        st, hp = self.state[m], self.req.hp
+        p, t, f = self.x.shape
+        tl, vl, l2e = (np.zeros(n, np.float32) for _ in range(3))
+        order = np.ascontiguousarray(st["order"][e0:e0 + n])
+        sw = np.ascontiguousarray(st["sw"][e0:e0 + n])
+        vidx = st["vidx"]
+        rc = self.lib.sm_fit(p, t, f, hp.layers, hp.batch_size, st["steps"], n, len(vidx),
+                             _ptr(self.x), _ptr(self.mean[m]), _ptr(self.std[m]), _ptr(self.y_train),
+                             _ptr(self.y_val), int(hp.target_fill == "zero"), int(hp.dropout > 0), _ptr(self.hyper),
+                             _ptr(st["key"]), _ptr(st["params"]), _ptr(st["mom"]), _ptr(st["vel"]),
+                             _ptr(st["count"]), _ptr(order), _ptr(sw), _ptr(vidx) if len(vidx) else 0,
+                             _ptr(tl), _ptr(vl), _ptr(l2e))
+        if rc != 0:
+            raise SoilMoistureError(f"native engine: training model {m} failed "
+                                    f"({'out of memory' if rc == 1 else 'bad arguments'}, code {rc})")
+        self.train_loss[m, e0:e0 + n], self.val_loss[m, e0:e0 + n], self.l2[m, e0:e0 + n] = tl, vl, l2e
+        self.seconds[m] += time.perf_counter() - ts
+
+    def advance(self, n_epochs: int = 1) -> "Training":
+        """Train every model ``n_epochs`` more epochs (at most up to the request's epochs)."""
+        e0 = self.done
+        n = min(int(n_epochs), self.epochs - e0)
+        if n <= 0:
+            return self
+        m_total = self.req.n_models
+        bar = _Progress(m_total, n, self.progress)
+        log.info("native engine: %d models, epochs %d-%d of %d, %d thread(s)", m_total, e0 + 1, e0 + n,
+                 self.epochs, self.threads)
+
+        def one(m: int) -> None:
+            self._one(m, e0, n)
+            bar.step()
+
+        try:
+            if self.threads == 1:
+                for m in range(m_total):
+                    one(m)
+            else:
+                with ThreadPoolExecutor(self.threads, thread_name_prefix="native-engine") as pool:
+                    for fut in [pool.submit(one, m) for m in range(m_total)]:
+                        fut.result()
+        finally:
+            bar.close()
+        self.done = e0 + n
+        return self
+
+    def result(self) -> FitResult:
+        """Weights (Keras layout) and the loss curves of the epochs trained so far."""
+        d = self.done
+        total = time.perf_counter() - self.t0
+        return FitResult(weights=[_unflat(st["params"], self.like) for st in self.state],
+                         train_loss=self.train_loss[:, :d].copy(), val_loss=self.val_loss[:, :d].copy(),
+                         seconds=total,
+                         info={"engine": "native", "threads": self.threads, "group_size": 1, "processes": 1,
+                               "groups": self.req.n_models, "epochs": d, "train_l2": self.l2[:, :d].copy(),
+                               "model_seconds": self.seconds.copy()})
+
+
 def fit_many(req: FitRequest, *, threads: int | None = None, init: list[list[np.ndarray]] | None = None,
              progress: bool | None = None, **_ignored: object) -> FitResult:
     """Train every model of ``req`` (one C call per model) on ``threads`` threads (default: one per core).
 
     ``init`` optionally gives each model's starting weights (Keras layout). ``progress``: a progress bar
-    on stderr (default: only when stderr is a terminal). Extra keyword arguments of the JAX engine
-    (``processes``, ``group_size``) are accepted and ignored: every model is its own group here.
+    (models trained, ETA) on stderr, by default only when stderr is a terminal. Extra keyword arguments of
+    the JAX engine (``processes``, ``group_size``) are accepted and ignored: every model is its own group.
     """
-    t0 = time.perf_counter()
-    jax_engine._validate(req)
-    hp = req.hp
-    x = np.ascontiguousarray(req.x, np.float32)
-    p, t, f = x.shape
-    _check(hp, f)
-    lib = native_build.load(hp.units)
-    epochs = int(req.epochs or hp.epochs)
-    m_total = req.n_models
-    if init is not None:
-        if len(init) != m_total:
-            raise ProtocolError(f"fit_many(init=...): need {m_total} weight lists, got {len(init)}")
-        for i, w in enumerate(init):
-            jax_engine._check_weights(w, f, hp, f"fit_many(init[{i}])")
-    y_val = np.ascontiguousarray(req.y, np.float32)
-    y_train = y_val if req.y_train is None else np.ascontiguousarray(req.y_train, np.float32)
-    mean = np.ascontiguousarray(req.mean, np.float32)
-    std = np.ascontiguousarray(req.std, np.float32)
-    hyper = np.ascontiguousarray(jax_engine._hyper(hp), np.float32)
-    like = init_weights(0, f, hp)
-    n_params = int(lib.sm_n_params(f, hp.layers))
-    if n_params != sum(w.size for w in like):
-        raise SoilMoistureError(f"native kernel parameter count {n_params} does not match the Keras layout")
-    b = hp.batch_size
-    threads = max(1, min(threads or default_threads(), m_total))
-    train_loss = np.full((m_total, epochs), np.nan, np.float32)
-    val_loss = np.full((m_total, epochs), np.nan, np.float32)
-    l2 = np.zeros((m_total, epochs), np.float32)
-    weights: list[list[np.ndarray] | None] = [None] * m_total
-    seconds = np.zeros(m_total)
-    bar = _Progress(m_total, epochs, progress)
-
-    def one(m: int) -> None:
-        ts = time.perf_counter()
-        params = _flat(init[m] if init is not None else init_weights(req.seeds[m], f, hp))
-        mom = np.zeros(n_params, np.float32)
-        vel = np.zeros(n_params, np.float32)
-        count = np.zeros(1, np.int32)
-        tr = np.asarray(req.train_idx[m], np.int64)
-        steps = jax_engine._steps_per_epoch(len(tr), b)
-        order = np.zeros((epochs, steps * b), np.int32)
-        sw = np.zeros((epochs, steps * b), np.float32)
-        for e, pos in enumerate(epoch_orders(req.seeds[m], len(tr), epochs)):
-            order[e, :len(tr)] = tr[pos]
-            sw[e, :len(tr)] = 1.0
-        vidx = np.ascontiguousarray(np.asarray(req.val_idx[m], np.int32))
-        key = np.ascontiguousarray(jax_engine._dropout_key(req.seeds[m]))
-        tl = np.zeros(epochs, np.float32)
-        vl = np.zeros(epochs, np.float32)
-        l2e = np.zeros(epochs, np.float32)
-        rc = lib.sm_fit(p, t, f, hp.layers, b, steps, epochs, len(vidx),
-                        _ptr(x), _ptr(mean[m]), _ptr(std[m]), _ptr(y_train), _ptr(y_val),
-                        int(hp.target_fill == "zero"), int(hp.dropout > 0), _ptr(hyper), _ptr(key),
-                        _ptr(params), _ptr(mom), _ptr(vel), _ptr(count), _ptr(order), _ptr(sw),
-                        _ptr(vidx) if len(vidx) else 0, _ptr(tl), _ptr(vl), _ptr(l2e))
-        if rc != 0:
-            raise SoilMoistureError(f"native engine: training model {m} failed "
-                                    f"({'out of memory' if rc == 1 else 'bad arguments'}, code {rc})")
-        weights[m] = _unflat(params, like)
-        train_loss[m], val_loss[m], l2[m] = tl, vl, l2e
-        seconds[m] = time.perf_counter() - ts
-        bar.step()
-
-    log.info("native engine: %d models, %d epochs, %d thread(s)", m_total, epochs, threads)
-    try:
-        if threads == 1:
-            for m in range(m_total):
-                one(m)
-        else:
-            with ThreadPoolExecutor(threads, thread_name_prefix="native-engine") as pool:
-                for fut in [pool.submit(one, m) for m in range(m_total)]:
-                    fut.result()
-    finally:
-        bar.close()
-    total = time.perf_counter() - t0
-    log.info("native engine: trained %d models in %.1f s", m_total, total)
-    return FitResult(weights=weights, train_loss=train_loss, val_loss=val_loss, seconds=total,
-                     info={"engine": "native", "threads": threads, "group_size": 1, "processes": 1,
-                           "groups": m_total, "epochs": epochs, "train_l2": l2, "model_seconds": seconds})
+    training = Training(req, threads=threads, init=init, progress=progress)
+    res = training.advance(training.epochs).result()
+    log.info("native engine: trained %d models in %.1f s", req.n_models, res.seconds)
+    return res
 
 
 def loss_grad(x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, weights: list[np.ndarray],
