@@ -142,19 +142,20 @@ def _retrain(params: Params, params_file: Path) -> dict[str, Any]:
 
         champion = retrain.current_champion(params)
         t0 = time.perf_counter()
-        challenger_run = train_task(sparams)
+        challenger_run = train_task(sparams, params.data.end)
         version = retrain.registered_version(params, challenger_run)
         retrain.log_step(params, rid, "train", time.perf_counter() - t0,
                          **{tracking.TAG_CHALLENGER_RUN: challenger_run,
                             tracking.TAG_CHAMPION_RUN: champion.run_id if champion else "-"})
 
         t0 = time.perf_counter()
-        comp = _with_retries(compare_task, params)(params, champion, challenger_run)
+        comp = _with_retries(compare_task, params)(params, champion, challenger_run, sparams)
         decision = retrain.decide(comp.champion_mae, comp.challenger_mae, params.retrain.margin_mae)
         detail.update(champion_version=champion.version if champion else None, challenger_version=version,
                       champion_mae=comp.champion_mae, challenger_mae=comp.challenger_mae,
                       improvement=decision.improvement, n_matched_probes=comp.n_probes,
-                      n_matched_days=comp.n_days, comparison=comp.note, reason=decision.reason)
+                      n_matched_days=comp.n_days, comparison=comp.note, reason=decision.reason,
+                      old_days=comp.old_days)
         retrain.log_step(params, rid, "compare", time.perf_counter() - t0)
         logger.info("decision: %s (%s)", decision.outcome, decision.reason)
 

@@ -51,6 +51,7 @@ ART_PER_PROBE = "results/per_probe_metrics.parquet"
 ART_PREDICTIONS = "results/predictions.parquet"
 ART_VALIDATION = "results/validation_metrics.parquet"   # per (fold, validation probe): model and baselines
 ART_ENSEMBLE = "results/ensemble.parquet"                # per test probe and day: ensemble mean and interval
+ART_FOLD_MODELS = "models/folds"                          # unseen site: every fold model (retrain scores them later)
 VAL_PREFIX = "val_"    # parent metrics over validation probes: val_mean_mae, val_mean_baseline_network_day_mae
 ART_COMPARISON_DIR = "comparison"
 ART_QUALITY_DIR = "quality"

@@ -194,4 +194,62 @@ class SiteModel:
             raise DataError(f, f"malformed known-site model: {e}") from None
 
 
-__all__ = ["Calibration", "SiteModel", "SiteProbe", "member_prediction"]
+
+
+FOLDS_JSON = "folds.json"
+FOLDS_NPZ = "folds.npz"
+
+
+@dataclass
+class FoldModels:
+    """The leave-one-probe-out fold models of an unseen-site protocol run, kept so that a later retraining round
+    can score them on days that arrived after they were trained (``retrain/decide.py``)."""
+
+    features: list[str]
+    hp: dict
+    start: str                           # first day of the series they were trained on
+    options: dict                        # params.yaml ``features`` (derived inputs)
+    folds: list[dict]                    # per model: repeat, test_probe, mean (F,), std (F,), level (m3/m3)
+    weights: list[list[np.ndarray]]
+
+    def save(self, folder: Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        doc = {"format_version": FORMAT_VERSION, "features": self.features, "hp": self.hp, "start": self.start,
+               "options": self.options, "folds": self.folds}
+        np.savez(folder / FOLDS_NPZ, **{f"m{m}_w{i}": np.asarray(a) for m, w in enumerate(self.weights)
+                                        for i, a in enumerate(w)})
+        (folder / FOLDS_JSON).write_text(json.dumps(doc, allow_nan=True))
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> "FoldModels":
+        folder = Path(folder)
+        if not (folder / FOLDS_JSON).is_file():
+            raise DataError(folder, f"no fold models ({FOLDS_JSON}) in this protocol run")
+        doc = json.loads((folder / FOLDS_JSON).read_text())
+        with np.load(folder / FOLDS_NPZ) as z:
+            weights = [[z[f"m{m}_w{i}"] for i in range(sum(1 for k in z.files if k.startswith(f"m{m}_w")))]
+                       for m in range(len(doc["folds"]))]
+        return cls(doc["features"], doc["hp"], doc["start"], doc["options"], doc["folds"], weights)
+
+    def predict(self, x: np.ndarray, probe_ids: list[str]) -> list[tuple[dict, np.ndarray]]:
+        """(fold, (T,) prediction of its test probe in m3/m3) for every fold whose test probe is in ``probe_ids``."""
+        from soilmoisture.config import Model
+        from soilmoisture.model.interface import normalise
+        from soilmoisture.model.keras_model import build_model, predict_normalised
+
+        net = build_model(Model(**self.hp), len(self.features))
+        pos = {p: i for i, p in enumerate(probe_ids)}
+        out = []
+        for fold, w in zip(self.folds, self.weights):
+            i = pos.get(fold["test_probe"])
+            if i is None:
+                continue
+            net.set_weights(w)
+            xn = normalise(x[i:i + 1], np.asarray(fold["mean"], np.float32), np.asarray(fold["std"], np.float32))
+            out.append((fold, member_prediction(predict_normalised(net, xn)[0], fold["level"], None, None)))
+        return out
+
+
+__all__ = ["Calibration", "FoldModels", "SiteModel", "SiteProbe", "member_prediction"]

@@ -143,6 +143,7 @@ def register_site_model(params: Params, client: Any, exp_id: str, rid: str, engi
             "probes": sorted(site.probes), "start": site.start, "fit_end": site.fit_end, "protocol_run_id": rid,
             "engine": engine_name}
     reqs = [f"{p}=={version(p)}" for p in ("mlflow", "keras", "tensorflow-cpu")]
+    site.meta["protocol_run_id"] = rid
     with tempfile.TemporaryDirectory() as d:
         folder = site.save(Path(d) / ARTIFACT_KEY)
         with mlflow.start_run(run_id=child.info.run_id, nested=True):
@@ -160,4 +161,19 @@ def register_site_model(params: Params, client: Any, exp_id: str, rid: str, engi
     return ver
 
 
-__all__ = ["SiteFit", "build_site_model", "register_site_model"]
+def log_fold_models(params: Params, client: Any, rid: str, tens: Any, plans: list, weights: list, stats: list,
+                    levels: list[float]) -> None:
+    """Every fold model of an unseen-site run as the artifact ``models/folds`` of the parent run: a retraining
+    round scores the champion's folds on days that arrived later, leave-one-probe-out (``retrain/decide.py``)."""
+    from soilmoisture.model.site import FoldModels
+
+    folds = [{"repeat": int(p.repeat), "test_probe": p.test_probe, "seed": int(p.seed),
+              "mean": [float(v) for v in stats[m][0]], "std": [float(v) for v in stats[m][1]],
+              "level": float(levels[m])} for m, p in enumerate(plans)]
+    fm = FoldModels(list(tens.features), _hp_dict(params), f"{tens.dates[0]:%Y-%m-%d}", params.to_dict()["features"],
+                    folds, [list(weights[m]) for m in range(len(plans))])
+    with tempfile.TemporaryDirectory() as d:
+        client.log_artifacts(rid, str(fm.save(Path(d) / "folds")), tracking.ART_FOLD_MODELS)
+
+
+__all__ = ["SiteFit", "build_site_model", "log_fold_models", "register_site_model"]

@@ -292,6 +292,7 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
         from soilmoisture.protocol.known_site import build_site_model
 
         site = build_site_model(params, tens, y, y_fold, eval_days, plans, weights, stats, own_level, net)
+    fold_levels: list[float] = []
     pred_frames, fold_rows, val_rows = [], [], []
     members: dict[int, list[np.ndarray]] = {}      # test probe -> member predictions (T,)
     val_resid: dict[int, list[np.ndarray]] = {}    # test probe -> its members' validation residuals
@@ -306,6 +307,7 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
             pred = predict_normalised(net, normalise(x[plan.test_idx], *all_stats[m]))
             if level_of is not None:
                 pred = pred + level_of(plan.test_idx)[:, None]
+        fold_levels.append(float(level_of(plan.test_idx)[0]) if level_of is not None and site is None else 0.0)
         vpred = _validation_predictions(net, x, plan, all_stats[m], level_of) if len(plan.val_idx) else None
         sat_pred, net_info = None, {}
         if net_xy is not None:   # protocol/network.py: + the fold's training probes' same-day readings
@@ -348,6 +350,10 @@ def _run(params: Params, client: Any, exp_id: str, rid: str, engine: Any, engine
                         len(weights), len(skipped), validation=validation,
                         ensemble=pd.concat(ens_frames, ignore_index=True) if ens_frames else None,
                         interval_nominal=pr.interval)
+    if pr.mode == "unseen_site" and pr.method == "satellite":  # network-informed folds need the readings too
+        from soilmoisture.protocol.known_site import log_fold_models
+
+        log_fold_models(params, client, rid, tens, plans, weights, all_stats, fold_levels)
     if register and site is not None:
         from soilmoisture.protocol.known_site import register_site_model
 

@@ -14,8 +14,9 @@ per job: :mod:`.landing` (1), :mod:`.staging` (2-3), :mod:`.challenger` (4), :mo
    new scene) -> :func:`reject` moves the batch to ``landing/rejected/<run>/``; nothing live has changed.
 4. :func:`train_challenger` - the protocol (same params, same probes) on the staged processed data;
    its final model is registered as a new version (the ``champion`` alias does not move).
-5. :func:`compare` - both models scored on the same protocol, test probes, repeats and days
-   (:func:`matched_mae`); :func:`decide` applies ``retrain.margin_mae``.
+5. :func:`compare` - both models scored on the newly arrived days neither trained on (the champion's stored
+   fold models or known-site model re-applied) and on the old days (:func:`split_scores`, :func:`matched_mae`);
+   :func:`decide` applies ``retrain.margin_mae`` to the new-days score.
 6. :func:`commit_data` - staged raw/interim/processed swapped in, ``data.end`` written to the parameter
    file, ``dvc commit -f <retrain.dvc_stages>``; any failure rolls all of it back.
 7. :func:`promote` - alias ``champion`` moved to the challenger, only if the decision says so.
@@ -27,14 +28,16 @@ from __future__ import annotations
 from soilmoisture.retrain.challenger import (Champion, current_champion, model_name, registered_version,
                                              retrain_variant, train_challenger)
 from soilmoisture.retrain.commit import commit_data, dvc_commit, set_yaml_scalar
-from soilmoisture.retrain.decide import Comparison, Decision, compare, decide, matched_mae, promote
+from soilmoisture.retrain.decide import (Comparison, Decision, champion_new_predictions, compare, decide, matched_mae,
+                                         promote, split_scores)
 from soilmoisture.retrain.landing import (LandingFile, completeness, drop_duplicates, inspect, new_data_end,
                                           read_error, reject, scan_landing, set_aside)
 from soilmoisture.retrain.record import finish_record, log_scenes, log_step, run_tag, start_record, tag_version
 from soilmoisture.retrain.staging import (Busy, Staging, cleanup, exclusive, ingest_and_gate, remove_stale_staging,
                                           stage, staged_params, staged_scene, unstage)
 
-__all__ = ["Busy", "Champion", "Comparison", "Decision", "LandingFile", "Staging", "cleanup", "commit_data",
+__all__ = ["Busy", "Champion", "Comparison", "Decision", "LandingFile", "Staging", "champion_new_predictions",
+           "cleanup", "commit_data", "split_scores",
            "compare", "completeness", "current_champion", "decide", "drop_duplicates", "dvc_commit", "exclusive",
            "finish_record", "ingest_and_gate", "inspect", "log_scenes", "log_step", "matched_mae", "model_name", "new_data_end",
            "promote", "read_error", "registered_version", "reject", "remove_stale_staging", "retrain_variant",

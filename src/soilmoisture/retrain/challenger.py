@@ -15,14 +15,25 @@ def retrain_variant(params: Params) -> str:
 
 
 def model_name(params: Params) -> str:
-    return tracking.registered_model_name(params.tracking.registered_model_prefix, retrain_variant(params))
+    return tracking.registered_model_name(params.tracking.registered_model_prefix, retrain_variant(params),
+                                          mode=params.protocol.mode)
 
 
-def train_challenger(sparams: Params) -> str:
-    """The protocol run of ``retrain.variant`` on the staged data; returns its parent run id."""
+def train_challenger(sparams: Params, trained_until: str | None = None) -> str:
+    """The protocol run of ``retrain.variant`` on the staged data; returns its parent run id.
+
+    Known site: the challenger trains on every day up to ``trained_until`` (the live ``data.end``) and is tested on
+    the newly arrived days after it (``protocol.split_date`` moves there), which the champion never saw either.
+    """
+    import datetime as dt
+
     from soilmoisture.protocol.run import run
 
     p = dataclasses.replace(sparams, variant=Variant(retrain_variant(sparams)))
+    if p.protocol.mode == "known_site" and trained_until is not None:
+        split = (dt.date.fromisoformat(trained_until) + dt.timedelta(days=1)).isoformat()
+        if split <= p.data.end:
+            p = dataclasses.replace(p, protocol=dataclasses.replace(p.protocol, split_date=split))
     if p.model.from_tuning:
         from soilmoisture.protocol.tune import apply_best
 

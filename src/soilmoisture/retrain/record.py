@@ -76,6 +76,9 @@ def finish_record(params: Params, rid: str, outcome: str, detail: dict[str, Any]
         v = detail.get(k)
         if v is not None and np.isfinite(v):
             client.log_metric(rid, k, float(v))
+    for k, v in (detail.get("old_days") or {}).items():   # the champion's old scored days, beside the new days
+        if v is not None and np.isfinite(v):
+            client.log_metric(rid, f"old_days_{k}", float(v))
     champ = current_champion(params)
     client.set_tag(rid, tracking.TAG_CHAMPION_AFTER, f"{model_name(params)}/{champ.version}" if champ else "-")
     client.log_dict(rid, {"decision": outcome, **detail}, f"{tracking.ART_RETRAIN_DIR}/decision.json")
