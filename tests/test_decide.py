@@ -1,6 +1,8 @@
 """Champion vs challenger is decided on the newly arrived days that neither trained on (docs/retrain.md)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,6 +38,7 @@ def test_the_decision_score_changes_when_only_the_new_in_situ_days_change(projec
     0.05 m3/m3 wetter (a sensor drift after data.end), the old days untouched. The champion's new-days score
     moves, its old-days score does not."""
     from soilmoisture import retrain, stages
+    from soilmoisture.outputs import publish
     from soilmoisture.simulate import deliver
 
     deliver.run(project, 30)
@@ -49,11 +52,14 @@ def test_the_decision_score_changes_when_only_the_new_in_situ_days_change(projec
         try:
             sp = retrain.staged_params(project, st, end)
             stages.ingest(sp)
-            f = sp.path(sp.paths.interim) / "daily.parquet"
-            daily = pd.read_parquet(f)
+            interim = sp.path(sp.paths.interim)
+            daily = pd.read_parquet(interim / "daily.parquet")
             new = daily["date"] > pd.Timestamp(project.data.end)
             daily.loc[new, "ssm"] = daily.loc[new, "ssm"] + drift
-            daily.to_parquet(f)
+            report = json.loads((interim / "ingest_report.json").read_text())
+            report.pop("outputs", None)       # the drifted table is published with its own manifest
+            publish(interim, {"daily.parquet": daily, "probes.parquet": pd.read_parquet(interim / "probes.parquet")},
+                    "ingest_report.json", report)
             stages.validate(sp)
             comps.append(retrain.compare(project, champion, retrain.train_challenger(sp, project.data.end), sp))
         finally:
