@@ -206,6 +206,18 @@ def dataset_input(table: Any, path: Path, name: str, digest: str, context: str =
     return DatasetInput(dataset=ds._to_mlflow_entity(), tags=[InputTag(key=DATASET_CONTEXT, value=context)])
 
 
+def finish_registration(client: Any, rid: str, child_id: str, name: str, info: Any) -> str:
+    """After ``log_model(..., registered_model_name=name)`` in run ``child_id`` (a child of ``rid``): end the child,
+    give the first version the champion alias, tag both runs with ``name/version``; returns the version."""
+    client.set_terminated(child_id, "FINISHED")
+    ver = str(info.registered_model_version)
+    if CHAMPION_ALIAS not in (client.get_registered_model(name).aliases or {}):
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, ver)
+    client.set_tag(rid, TAG_REGISTERED, f"{name}/{ver}")
+    client.set_tag(child_id, TAG_REGISTERED, f"{name}/{ver}")
+    return ver
+
+
 def git_commit(root: Path) -> str:
     """The current git commit of the project (or 'unknown' outside a repository)."""
     import subprocess

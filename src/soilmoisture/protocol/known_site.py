@@ -150,12 +150,7 @@ def register_site_model(params: Params, client: Any, exp_id: str, rid: str, engi
             info = mlflow.pyfunc.log_model(name=tracking.MODEL_ARTIFACT, python_model=KnownSiteModel(),
                                            artifacts={ARTIFACT_KEY: str(folder)}, pip_requirements=reqs,
                                            metadata=meta, registered_model_name=name)
-    client.set_terminated(child.info.run_id, "FINISHED")
-    ver = str(info.registered_model_version)
-    if tracking.CHAMPION_ALIAS not in (client.get_registered_model(name).aliases or {}):
-        client.set_registered_model_alias(name, tracking.CHAMPION_ALIAS, ver)
-    client.set_tag(rid, tracking.TAG_REGISTERED, f"{name}/{ver}")
-    client.set_tag(child.info.run_id, tracking.TAG_REGISTERED, f"{name}/{ver}")
+    ver = tracking.finish_registration(client, rid, child.info.run_id, name, info)
     log.info("known-site model (%d members, %d probes) registered as %s version %s", site.n_members,
              len(site.probes), name, ver)
     return ver

@@ -781,11 +781,6 @@ def _register_final(params: Params, client: Any, exp_id: str, rid: str, engine_n
     with mlflow.start_run(run_id=child.info.run_id, nested=True), quiet_keras():
         info = mlflow.tensorflow.log_model(net, name=tracking.MODEL_ARTIFACT, signature=sig, input_example=example,
                                            pip_requirements=reqs, metadata=meta, registered_model_name=name)
-    client.set_terminated(child.info.run_id, "FINISHED")
-    ver = str(info.registered_model_version)
-    if tracking.CHAMPION_ALIAS not in (client.get_registered_model(name).aliases or {}):
-        client.set_registered_model_alias(name, tracking.CHAMPION_ALIAS, ver)
-    client.set_tag(rid, tracking.TAG_REGISTERED, f"{name}/{ver}")
-    client.set_tag(child.info.run_id, tracking.TAG_REGISTERED, f"{name}/{ver}")
+    ver = tracking.finish_registration(client, rid, child.info.run_id, name, info)
     log.info("final model registered as %s version %s", name, ver)
 
